@@ -1,0 +1,21 @@
+"""prefpilot: plan, validate, run and diagnose DPO/SimPO preference optimisation.
+
+The names exported here are light (no torch import); training lives in
+``prefpilot.train`` and is imported only when a run starts.
+"""
+__version__ = "0.1.0"
+
+
+def validate(config):
+    """Validate a run config mapping; see ``prefpilot.config.validate``."""
+    from .config.validate import validate as _validate
+    return _validate(config)
+
+
+def plan(**kwargs):
+    """Plan a run config from the skills' hyperparameter tables; see ``prefpilot.plan``."""
+    from .plan import plan as _plan
+    return _plan(**kwargs)
+
+
+__all__ = ["validate", "plan", "__version__"]

@@ -1,0 +1,136 @@
+"""Find and read the bundled skills and their hyperparameter tables.
+
+Used by the planner, ``explain_loss``, the CLI and the MCP resources. The
+Markdown hyperparameter tables are rendered from the YAML here, so docs and the
+planner read one source.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from .errors import PrefpilotError
+
+BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+TABLE_FILES = {"dpo": "trl-fine-tuning/references/hyperparameters.yaml",
+               "simpo": "simpo/references/hyperparameters.yaml"}
+
+
+def bundle_root() -> Path:
+    """The folder holding ``skills/`` and ``manifest.json``.
+
+    $PREFPILOT_BUNDLE wins; otherwise the repository this package sits in
+    (``pip install -e .``, the documented install).
+    """
+    env = os.environ.get("PREFPILOT_BUNDLE")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2])
+    for c in candidates:
+        if (c / "skills").is_dir() and (c / "manifest.json").is_file():
+            return c
+    raise PrefpilotError("cannot find the skill bundle (skills/ and manifest.json): install prefpilot with "
+                         "`pip install -e .` from its repository or set PREFPILOT_BUNDLE", code="no_bundle")
+
+
+def skills_dir() -> Path:
+    return bundle_root() / "skills" / "mlops"
+
+
+@lru_cache(maxsize=1)
+def _manifest() -> dict:
+    return json.loads((bundle_root() / "manifest.json").read_text(encoding="utf-8"))
+
+
+def list_skills() -> list[dict]:
+    """Name, version, description and files of every bundled skill."""
+    return [{"name": s["name"], "version": s["version"], "description": s["description"],
+             "files": sorted(s["files"])} for s in _manifest()["skills"]]
+
+
+def _entry(name: str) -> dict:
+    for s in _manifest()["skills"]:
+        if s["name"] == name:
+            return s
+    raise PrefpilotError(f"unknown skill {name!r}; available: {', '.join(s['name'] for s in _manifest()['skills'])}",
+                         code="unknown_skill")
+
+
+def skill_path(name: str) -> Path:
+    return bundle_root() / "skills" / _entry(name)["path"]
+
+
+def read_skill(name: str, file: str = "SKILL.md") -> str:
+    """Text of one file of a skill; ``file`` must be one the manifest lists (no path escapes)."""
+    files = _entry(name)["files"]
+    if file not in files:
+        raise PrefpilotError(f"skill {name!r} has no file {file!r}; files: {', '.join(sorted(files))}",
+                             code="unknown_file")
+    return (skill_path(name) / file).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=4)
+def load_table(method: str) -> dict:
+    """The hyperparameter table (as data) for ``dpo`` or ``simpo``."""
+    if method not in TABLE_FILES:
+        raise PrefpilotError(f"no hyperparameter table for method {method!r}; use dpo or simpo", code="bad_method")
+    path = bundle_root() / "skills" / "mlops" / TABLE_FILES[method]
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- rendering
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render_table(method: str) -> str:
+    t = load_table(method)
+    if method == "simpo":
+        body = _table(["model", "β", "γ/β", "TRL simpo_gamma", "learning rate", "source"],
+                      [[r["model"], r["beta"], r["gamma_beta_ratio"], round(r["beta"] * r["gamma_beta_ratio"], 4),
+                        r["learning_rate"], r["source"]] for r in t["rows"]])
+    else:
+        body = _table(["model", "β", "learning rate", "source"],
+                      [[r["model"], r["beta"], r["learning_rate"], r["source"]] for r in t["rows"]])
+        body += "\n\n### Per loss type\n\n" + _table(
+            ["loss_type", "β", "learning rate", "other", "batch", "source"],
+            [[lt, v["beta"], v["learning_rate"],
+              ", ".join(f"{k}={_fmt(x)}" for k, x in v.items()
+                        if k not in ("beta", "learning_rate", "batch_size", "source")) or "—",
+              v.get("batch_size"), v["source"]] for lt, v in t["loss_types"].items()])
+    ranges = "\n".join(f"- `{k}`: typical {_fmt(r['typical'][0])}–{_fmt(r['typical'][1])}, accepted without a "
+                       f"warning {_fmt(r['sane'][0])}–{_fmt(r['sane'][1])} ({r['source']})"
+                       for k, r in t["ranges"].items())
+    return f"{body}\n\nRanges the validator checks:\n\n{ranges}"
+
+
+def render(check: bool = False) -> list[str]:
+    """Rewrite the generated tables in the hyperparameters.md files.
+
+    With ``check`` nothing is written; returns the files that are (or were) out of date.
+    """
+    stale = []
+    for method, rel in TABLE_FILES.items():
+        md = bundle_root() / "skills" / "mlops" / Path(rel).with_suffix(".md")
+        text = md.read_text(encoding="utf-8")
+        pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+        new = pattern.sub(lambda _m: f"{BEGIN}\n{render_table(method)}\n{END}", text)
+        if new != text:
+            stale.append(str(md))
+            if not check:
+                md.write_text(new, encoding="utf-8")
+    return stale

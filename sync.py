@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""Install or update the prefpilot skill bundle into an agent's skills directory.
+
+Standard library only: this runs before anything else is installed.
+
+    python sync.py [--target DIR | --agent hermes|claude] [--dry-run] [--json]
+                   [--reset NAME] [--write-manifest]
+
+Invariants (each is kept by the line that says so below):
+  I1  a user's edit is never overwritten or merged: only a copy whose hash still
+      equals the origin hash we installed is ever replaced or removed;
+  I2  a skill the user deleted is not re-added (only --reset brings it back);
+  I3  nothing outside the target is written, whatever the state file says;
+  I4  an update is atomic per skill, and a sync killed at any moment and run
+      again ends whole (pending operations are journalled in the state file);
+  I5  --reset moves the user's copy to a backup under .prefpilot/, never deletes it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUNDLE_NAME = "prefpilot"
+BUNDLE_VERSION = "0.1.0"
+SCHEMA_VERSION = 1
+STATE_DIR = ".prefpilot"          # everything of ours in a target lives here
+STATE_FILE = "state.json"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+IGNORED = {"__pycache__", ".DS_Store"}
+RESULT_KEYS = ("copied", "updated", "unchanged", "user_modified", "user_deleted",
+               "removed", "kept_orphans", "collisions", "errors")
+
+
+class UsageError(Exception):
+    """Bad arguments or a bundle that cannot be trusted: exit 2, nothing written."""
+
+
+# --------------------------------------------------------------------------- hashing
+def iter_files(folder: Path):
+    """Relative POSIX paths of the regular files under folder, sorted."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED)
+        for f in files:
+            if f in IGNORED or f.endswith(".pyc"):
+                continue
+            p = Path(root, f)
+            out.append(p.relative_to(folder).as_posix())
+    return sorted(out)
+
+
+def file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_hashes(folder: Path) -> tuple[str, dict]:
+    """(folder sha256, {relpath: file sha256}). The folder hash covers sorted
+    relative paths and each file's bytes (through its digest), so renames count."""
+    files = {rel: file_sha(folder / rel) for rel in iter_files(folder)}
+    h = hashlib.sha256()
+    for rel, digest in files.items():
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
+    return h.hexdigest(), files
+
+
+def folder_sha(folder: Path) -> str | None:
+    if not folder.is_dir() or folder.is_symlink():
+        return None
+    return folder_hashes(folder)[0]
+
+
+# --------------------------------------------------------------------------- manifest
+def bundle_skill_dirs(skills_root: Path) -> list[Path]:
+    return sorted(p.parent for p in skills_root.rglob("SKILL.md") if not any(part in IGNORED for part in p.parts))
+
+
+def build_manifest(skills_root: Path) -> dict:
+    try:
+        import yaml  # only the developer command needs it; sync itself reads JSON
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise UsageError("--write-manifest needs PyYAML to read SKILL.md front matter: pip install pyyaml") from exc
+    skills = []
+    for d in bundle_skill_dirs(skills_root):
+        text = (d / "SKILL.md").read_text(encoding="utf-8")
+        m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+        if not m:
+            raise UsageError(f"{d / 'SKILL.md'}: missing YAML front matter (--- ... ---)")
+        meta = yaml.safe_load(m.group(1)) or {}
+        sha, files = folder_hashes(d)
+        skills.append({
+            "name": meta.get("name", d.name),
+            "path": d.relative_to(skills_root).as_posix(),
+            "version": str(meta.get("version", "0")),
+            "description": meta.get("description", ""),
+            "sha256": sha,
+            "files": files,
+        })
+    return {"schema_version": SCHEMA_VERSION,
+            "bundle": {"name": BUNDLE_NAME, "version": BUNDLE_VERSION},
+            "skills": skills}
+
+
+def load_bundle(bundle_dir: Path) -> dict:
+    """Read manifest.json and check it against the skills on disk (exit 2 if stale)."""
+    mpath = bundle_dir / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{mpath}: cannot read the bundle manifest ({exc}); run `python sync.py --write-manifest`")
+    skills_root = bundle_dir / "skills"
+    listed = {s["path"] for s in manifest.get("skills", [])}
+    on_disk = {d.relative_to(skills_root).as_posix() for d in bundle_skill_dirs(skills_root)}
+    stale = sorted(listed ^ on_disk)
+    for s in manifest.get("skills", []):
+        if not NAME_RE.match(s.get("name", "")):
+            raise UsageError(f"manifest.json: skill name {s.get('name')!r} is not lowercase letters/digits/hyphens")
+        if s["path"] in on_disk and folder_sha(skills_root / s["path"]) != s["sha256"]:
+            stale.append(s["path"])
+    if stale:
+        raise UsageError(f"manifest.json is stale for {sorted(set(stale))}: run `python sync.py --write-manifest` "
+                         "(nothing was written)")
+    return manifest
+
+
+# --------------------------------------------------------------------------- file ops
+def _make_writable(path: Path) -> None:
+    """Installed copies may be read-only (packaged installs); we only ever call this
+    on copies we are about to replace or remove because they are pristine (I1)."""
+    for root, dirs, files in os.walk(path):
+        for n in dirs + files:
+            p = Path(root, n)
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode | stat.S_IWUSR | stat.S_IRUSR | (stat.S_IXUSR if p.is_dir() else 0))
+    if not path.is_symlink():
+        path.chmod(path.stat().st_mode | stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
+
+
+def _rmtree(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    _make_writable(path)
+    shutil.rmtree(path)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy bytes only: modes are normalised so a read-only bundle still installs writable copies."""
+    dst.mkdir(parents=True)
+    for rel in iter_files(src):
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, out)
+        out.chmod(0o644)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def target_lock(state_dir: Path):
+    """Serialise concurrent syncs on one target (flock; released by the kernel if killed)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(state_dir / "lock", "a+")
+    try:
+        try:
+            import fcntl
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows
+            import msvcrt
+            while True:
+                try:
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        yield
+    finally:
+        fh.close()
+
+
+# --------------------------------------------------------------------------- the syncer
+class Syncer:
+    def __init__(self, bundle_dir: Path, target: Path, layout: str, dry_run: bool):
+        self.bundle_dir = bundle_dir
+        self.skills_root = bundle_dir / "skills"
+        self.target = target
+        self.layout = layout  # "tree" keeps the bundle's folders (hermes); "flat" is <name>/ (claude)
+        self.dry_run = dry_run
+        self.state_dir = target / STATE_DIR
+        self.result = {k: [] for k in RESULT_KEYS}
+        self.messages: dict[str, str] = {}
+        self.backups: list[str] = []
+
+    # -- paths ---------------------------------------------------------------
+    def dest_for(self, rel: str) -> Path:
+        """Resolve an install path and refuse anything that leaves the target (I3)."""
+        p = Path(rel)
+        if p.is_absolute() or ".." in p.parts or not rel or rel.startswith("."):
+            raise ValueError(f"install path {rel!r} is not a plain relative path")
+        dest = self.target / p
+        # Every existing parent must stay inside the target once symlinks are resolved.
+        real_target = self.target.resolve()
+        parent = dest.parent.resolve()
+        if parent != real_target and real_target not in parent.parents:
+            raise ValueError(f"install path {rel!r} leaves the target through a symlink")
+        return dest
+
+    def install_rel(self, skill: dict) -> str:
+        return skill["name"] if self.layout == "flat" else skill["path"]
+
+    # -- state ---------------------------------------------------------------
+    def load_state(self) -> dict:
+        path = self.state_dir / STATE_FILE
+        empty = {"schema_version": SCHEMA_VERSION, "skills": {}, "pending": {}}
+        if not path.exists():
+            return empty
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or not isinstance(state.get("skills"), dict):
+                raise ValueError("not a state object")
+            state.setdefault("pending", {})
+            if not isinstance(state["pending"], dict):
+                raise ValueError("pending is not an object")
+            for name, entry in list(state["skills"].items()):
+                if not (NAME_RE.match(name) and isinstance(entry, dict)
+                        and isinstance(entry.get("origin"), str) and isinstance(entry.get("path"), str)):
+                    raise ValueError(f"bad entry {name!r}")
+            return state
+        except (OSError, ValueError) as exc:
+            # A damaged state cannot tell pristine from edited copies, so we start from an
+            # empty one: every existing folder then counts as a collision and is kept (I1).
+            if not self.dry_run:
+                keep = self.state_dir / f"state.corrupt-{int(time.time())}-{uuid.uuid4().hex[:6]}.json"
+                with contextlib.suppress(OSError):
+                    os.replace(path, keep)
+            self.result["errors"].append(STATE_DIR)
+            self.messages[STATE_DIR] = f"state file was unreadable ({exc}); kept aside, existing skills treated as the user's"
+            return empty
+
+    def save_state(self, state: dict) -> None:
+        if self.dry_run:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / f"state.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(state, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_dir / STATE_FILE)
+        _fsync_dir(self.state_dir)
+
+    # -- crash recovery (I4) ----------------------------------------------------
+    def recover(self, state: dict) -> None:
+        """Finish or roll back operations a killed sync left half done."""
+        for name, op in list(state["pending"].items()):
+            try:
+                dest = self.dest_for(op["path"])
+            except (ValueError, KeyError, TypeError):
+                state["pending"].pop(name)
+                continue
+            staging = self.state_dir / "staging" / op.get("token", "-")
+            trash = self.state_dir / "trash" / op.get("token", "-")
+            new = op.get("new")
+            present = dest.exists() or dest.is_symlink()
+            record = {"origin": new, "path": op["path"], "version": op.get("version", "")}
+            if op.get("kind") == "remove":
+                if not present:
+                    state["skills"].pop(name, None)  # the removal got as far as the rename
+            elif present:
+                if new and folder_sha(dest) == new:
+                    state["skills"][name] = record  # swapped in, state not yet written
+            elif staging.is_dir() and folder_sha(staging) == new:
+                os.rename(staging, dest)  # the swap was half done: finish it
+                state["skills"][name] = record
+            elif trash.is_dir():
+                os.rename(trash, dest)  # the copy was incomplete: put the old pristine copy back
+            else:
+                # We moved the copy away (a --reset backup) before the kill: forget the entry so
+                # the bundled skill is installed again rather than read as a user deletion.
+                state["skills"].pop(name, None)
+            _rmtree(staging)
+            _rmtree(trash)
+            state["pending"].pop(name)
+        # Leftovers no journal entry points at (killed before the journal write) are ours to drop.
+        for sub in ("staging", "trash"):
+            d = self.state_dir / sub
+            if d.is_dir():
+                for child in d.iterdir():
+                    _rmtree(child)
+        for tmp in self.state_dir.glob("state.tmp-*"):
+            tmp.unlink()
+        self.save_state(state)
+
+    # -- atomic operations ---------------------------------------------------------
+    def _begin(self, state, name, kind, rel, new=None, old=None, version=""):
+        token = uuid.uuid4().hex
+        state["pending"][name] = {"kind": kind, "path": rel, "new": new, "old": old,
+                                  "token": token, "version": version}
+        self.save_state(state)
+        return self.state_dir / "staging" / token, self.state_dir / "trash" / token
+
+    def install(self, state, skill, rel, backup_of_user: bool = False) -> None:
+        """Copy the bundled skill beside the destination, then swap it in."""
+        src = self.skills_root / skill["path"]
+        dest = self.dest_for(rel)
+        staging, trash = self._begin(state, skill["name"], "install", rel, new=skill["sha256"],
+                                     old=state["skills"].get(skill["name"], {}).get("origin"),
+                                     version=skill["version"])
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        _copy_tree(src, staging)
+        if folder_sha(staging) != skill["sha256"]:
+            raise OSError(f"copy of {skill['name']} does not match the manifest hash")
+        if dest.exists() or dest.is_symlink():
+            if backup_of_user:
+                # I5: the user's copy is moved, never deleted.
+                bdir = self.state_dir / "backups" / f"{skill['name']}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+                bdir.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(dest, bdir)
+                self.backups.append(str(bdir))
+            else:
+                _make_writable(dest)
+                os.rename(dest, trash)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, dest)
+        _fsync_dir(dest.parent)
+        state["skills"][skill["name"]] = {"origin": skill["sha256"], "path": rel, "version": skill["version"]}
+        state["pending"].pop(skill["name"])
+        self.save_state(state)
+        _rmtree(trash)
+
+    def remove(self, state, name, entry) -> None:
+        dest = self.dest_for(entry["path"])
+        _, trash = self._begin(state, name, "remove", entry["path"], old=entry["origin"])
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        _make_writable(dest)
+        os.rename(dest, trash)
+        state["skills"].pop(name)
+        state["pending"].pop(name)
+        self.save_state(state)
+        _rmtree(trash)
+
+    # -- the plan -----------------------------------------------------------------
+    def run(self, manifest: dict, reset: str | None = None) -> dict:
+        bundled = {s["name"]: s for s in manifest["skills"]}
+        if reset is not None and reset not in bundled:
+            raise UsageError(f"--reset {reset}: no such skill in the bundle (have: {', '.join(sorted(bundled))})")
+        if not self.dry_run:
+            self.target.mkdir(parents=True, exist_ok=True)
+        lock = target_lock(self.state_dir) if not self.dry_run else contextlib.nullcontext()
+        with lock:
+            state = self.load_state()
+            if not self.dry_run:
+                self.recover(state)
+            for name in sorted(bundled):
+                self._one(state, bundled[name], reset == name)
+            for name in sorted(set(state["skills"]) - set(bundled)):
+                self._gone(state, name)
+        out = {k: sorted(set(v)) for k, v in self.result.items()}
+        out.update(target=str(self.target), dry_run=self.dry_run, messages=self.messages, backups=self.backups)
+        return out
+
+    def _note(self, key, name, message=None):
+        self.result[key].append(name)
+        if message:
+            self.messages[name] = message
+
+    def _one(self, state, skill, reset: bool) -> None:
+        name = skill["name"]
+        try:
+            rel = self.install_rel(skill)
+            dest = self.dest_for(rel)
+            entry = state["skills"].get(name)
+            exists = dest.exists() or dest.is_symlink()
+            if reset:
+                if not self.dry_run:
+                    self.install(state, skill, rel, backup_of_user=exists and folder_sha(dest) != skill["sha256"])
+                self._note("updated" if exists else "copied", name)
+                return
+            if dest.is_symlink():
+                # A symlinked skill folder is the user's arrangement: left alone.
+                self._note("user_modified" if entry else "collisions", name, "symlinked folder left alone")
+                return
+            if entry is None:
+                if not exists:
+                    if not self.dry_run:
+                        self.install(state, skill, rel)
+                    self._note("copied", name)
+                elif folder_sha(dest) == skill["sha256"]:
+                    # Byte-identical: adopt it so future updates apply.
+                    if not self.dry_run:
+                        state["skills"][name] = {"origin": skill["sha256"], "path": rel, "version": skill["version"]}
+                        self.save_state(state)
+                    self._note("unchanged", name)
+                else:
+                    self._note("collisions", name, f"{dest} exists and is not ours; kept")
+                return
+            if not exists:
+                self._note("user_deleted", name)  # I2: respected, not re-added
+                return
+            current = folder_sha(dest)
+            if current != entry["origin"]:
+                self._note("user_modified", name)  # I1: kept as the user left it
+            elif current == skill["sha256"]:
+                self._note("unchanged", name)
+            else:
+                if not self.dry_run:
+                    self.install(state, skill, rel)
+                self._note("updated", name)
+        except (OSError, ValueError) as exc:
+            self._note("errors", name, str(exc))
+
+    def _gone(self, state, name) -> None:
+        """A skill we installed that the bundle no longer ships."""
+        entry = state["skills"][name]
+        try:
+            dest = self.dest_for(entry["path"])
+            if not (dest.exists() or dest.is_symlink()):
+                if not self.dry_run:
+                    state["skills"].pop(name)
+                    self.save_state(state)
+                return
+            if not dest.is_symlink() and folder_sha(dest) == entry["origin"]:
+                if not self.dry_run:
+                    self.remove(state, name, entry)
+                self._note("removed", name)
+            else:
+                if not self.dry_run:
+                    state["skills"].pop(name)  # untracked from now on; the folder stays (I1)
+                    self.save_state(state)
+                self._note("kept_orphans", name)
+        except (OSError, ValueError) as exc:
+            self._note("errors", name, str(exc))
+
+
+# --------------------------------------------------------------------------- CLI
+def resolve_target(args) -> tuple[Path, str]:
+    if args.agent == "claude":
+        base = Path(args.target) if args.target else Path.home() / ".claude" / "skills"
+        return base, "flat"
+    if args.target:
+        return Path(args.target), "tree"
+    if os.environ.get("PREFPILOT_SKILLS_DIR"):
+        return Path(os.environ["PREFPILOT_SKILLS_DIR"]), "tree"
+    hermes_home = Path(os.environ.get("HERMES_HOME", Path.home() / ".hermes"))
+    return hermes_home / "skills", "tree"
+
+
+def summary(out: dict) -> str:
+    lines = [f"prefpilot skills -> {out['target']}" + (" (dry run: nothing written)" if out["dry_run"] else "")]
+    for key in RESULT_KEYS:
+        if out[key]:
+            lines.append(f"  {key.replace('_', ' ')}: {', '.join(out[key])}")
+    for name, msg in out["messages"].items():
+        lines.append(f"  note: {name}: {msg}")
+    for b in out["backups"]:
+        lines.append(f"  your previous copy was kept at {b}")
+    if len(lines) == 1:
+        lines.append("  nothing to do")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sync.py", description="Install or update the prefpilot skills "
+                                 "without ever overwriting your edits.")
+    ap.add_argument("--target", help="skills directory to install into")
+    ap.add_argument("--agent", choices=["hermes", "claude"], help="install for this agent's default directory")
+    ap.add_argument("--dry-run", action="store_true", help="report the plan, write nothing")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--reset", metavar="NAME", help="replace the installed copy of NAME with the bundled one")
+    ap.add_argument("--write-manifest", action="store_true", help="regenerate manifest.json from skills/")
+    ap.add_argument("--bundle", default=str(HERE), help=argparse.SUPPRESS)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as exc:
+        return 2 if exc.code else 0
+    bundle_dir = Path(args.bundle)
+    try:
+        if args.write_manifest:
+            manifest = build_manifest(bundle_dir / "skills")
+            text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+            (bundle_dir / "manifest.json").write_text(text, encoding="utf-8")
+            print(f"wrote {bundle_dir / 'manifest.json'} ({len(manifest['skills'])} skills)")
+            return 0
+        manifest = load_bundle(bundle_dir)
+        target, layout = resolve_target(args)
+        out = Syncer(bundle_dir, target, layout, args.dry_run).run(manifest, reset=args.reset)
+    except UsageError as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc)}))
+        else:
+            print(f"sync.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=1) if args.json else summary(out))
+    return 1 if out["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
