@@ -210,6 +210,7 @@ class Syncer:
         self.result = {k: [] for k in RESULT_KEYS}
         self.messages: dict[str, str] = {}
         self.backups: list[str] = []
+        self.dirty = False  # state changes not yet saved (fresh installs are saved once, at the end)
 
     # -- paths ---------------------------------------------------------------
     def dest_for(self, rel: str) -> Path:
@@ -320,31 +321,39 @@ class Syncer:
         return self.state_dir / "staging" / token, self.state_dir / "trash" / token
 
     def install(self, state, skill, rel, backup_of_user: bool = False) -> None:
-        """Copy the bundled skill beside the destination, then swap it in."""
+        """Copy the bundled skill beside the destination, then swap it in (I4)."""
         src = self.skills_root / skill["path"]
         dest = self.dest_for(rel)
+        record = {"origin": skill["sha256"], "path": rel, "version": skill["version"]}
+        if not (dest.exists() or dest.is_symlink()):
+            # Nothing to replace, so no journal: if we are killed after the rename but before the
+            # state is saved, the next run finds a byte-identical folder and adopts it.
+            staging = self.state_dir / "staging" / uuid.uuid4().hex
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            _copy_tree(src, staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staging, dest)
+            state["skills"][skill["name"]] = record
+            self.dirty = True
+            return
         staging, trash = self._begin(state, skill["name"], "install", rel, new=skill["sha256"],
                                      old=state["skills"].get(skill["name"], {}).get("origin"),
                                      version=skill["version"])
         staging.parent.mkdir(parents=True, exist_ok=True)
         trash.parent.mkdir(parents=True, exist_ok=True)
         _copy_tree(src, staging)
-        if folder_sha(staging) != skill["sha256"]:
-            raise OSError(f"copy of {skill['name']} does not match the manifest hash")
-        if dest.exists() or dest.is_symlink():
-            if backup_of_user:
-                # I5: the user's copy is moved, never deleted.
-                bdir = self.state_dir / "backups" / f"{skill['name']}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-                bdir.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(dest, bdir)
-                self.backups.append(str(bdir))
-            else:
-                _make_writable(dest)
-                os.rename(dest, trash)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if backup_of_user:
+            # I5: the user's copy is moved, never deleted.
+            bdir = self.state_dir / "backups" / f"{skill['name']}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            bdir.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(dest, bdir)
+            self.backups.append(str(bdir))
+        else:
+            _make_writable(dest)
+            os.rename(dest, trash)
         os.rename(staging, dest)
         _fsync_dir(dest.parent)
-        state["skills"][skill["name"]] = {"origin": skill["sha256"], "path": rel, "version": skill["version"]}
+        state["skills"][skill["name"]] = record
         state["pending"].pop(skill["name"])
         self.save_state(state)
         _rmtree(trash)
@@ -376,6 +385,8 @@ class Syncer:
                 self._one(state, bundled[name], reset == name)
             for name in sorted(set(state["skills"]) - set(bundled)):
                 self._gone(state, name)
+            if self.dirty:
+                self.save_state(state)
         out = {k: sorted(set(v)) for k, v in self.result.items()}
         out.update(target=str(self.target), dry_run=self.dry_run, messages=self.messages, backups=self.backups)
         return out
@@ -410,7 +421,7 @@ class Syncer:
                     # Byte-identical: adopt it so future updates apply.
                     if not self.dry_run:
                         state["skills"][name] = {"origin": skill["sha256"], "path": rel, "version": skill["version"]}
-                        self.save_state(state)
+                        self.dirty = True
                     self._note("unchanged", name)
                 else:
                     self._note("collisions", name, f"{dest} exists and is not ours; kept")

@@ -1,0 +1,339 @@
+"""sync.py: every rule of the installer, against real files and real processes."""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("sync", ROOT / "sync.py")
+sync = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sync)
+
+
+def skill_md(name, body="body", version="0.1.0"):
+    return f"---\nname: {name}\ndescription: Use it for {name}.\nversion: {version}\ntags: [t]\n---\n\n# {name}\n{body}\n"
+
+
+class Bundle:
+    """A throw-away bundle directory (skills/ + manifest.json + sync.py) we can change like upstream does."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        (path / "skills").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "sync.py", path / "sync.py")
+
+    def put(self, name, body="body", category="cat", extra=None):
+        d = self.path / "skills" / category / name
+        (d / "references").mkdir(parents=True, exist_ok=True)
+        (d / "SKILL.md").write_text(skill_md(name, body))
+        (d / "references" / "notes.md").write_text(f"notes of {name}: {body}\n")
+        for rel, text in (extra or {}).items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_text(text)
+        return self
+
+    def drop(self, name, category="cat"):
+        shutil.rmtree(self.path / "skills" / category / name)
+        return self
+
+    def manifest(self):
+        m = sync.build_manifest(self.path / "skills")
+        (self.path / "manifest.json").write_text(json.dumps(m, indent=2))
+        return self
+
+    def sync(self, target, *extra):
+        """Run the real script in a process; returns (exit code, parsed JSON)."""
+        p = subprocess.run([sys.executable, str(self.path / "sync.py"), "--target", str(target), "--json", *extra],
+                           capture_output=True, text=True, timeout=120)
+        return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return Bundle(tmp_path / "bundle").put("alpha").put("beta").manifest()
+
+
+@pytest.fixture
+def target(tmp_path):
+    return tmp_path / "target"
+
+
+def snapshot(folder: Path):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".prefpilot" not in p.relative_to(folder).parts}
+
+
+def test_fresh_install_tree_layout(bundle, target):
+    rc, out = bundle.sync(target)
+    assert rc == 0 and out["copied"] == ["alpha", "beta"]
+    assert set(out) >= set(sync.RESULT_KEYS)
+    assert (target / "cat/alpha/SKILL.md").read_text() == skill_md("alpha")
+    rc, out = bundle.sync(target)
+    assert out["unchanged"] == ["alpha", "beta"] and not out["copied"]
+
+
+def test_claude_layout_is_flat(bundle, tmp_path):
+    home = tmp_path / "home"
+    env = dict(os.environ, HOME=str(home))
+    p = subprocess.run([sys.executable, str(bundle.path / "sync.py"), "--agent", "claude", "--json"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert (home / ".claude/skills/alpha/SKILL.md").is_file() and not (home / ".claude/skills/cat").exists()
+
+
+def test_default_target_is_hermes_and_env_overrides(bundle, tmp_path):
+    env = dict(os.environ, HERMES_HOME=str(tmp_path / "hh"))
+    env.pop("PREFPILOT_SKILLS_DIR", None)
+    subprocess.run([sys.executable, str(bundle.path / "sync.py")], check=True, env=env, capture_output=True)
+    assert (tmp_path / "hh/skills/cat/alpha/SKILL.md").is_file()
+    env["PREFPILOT_SKILLS_DIR"] = str(tmp_path / "pp")
+    subprocess.run([sys.executable, str(bundle.path / "sync.py")], check=True, env=env, capture_output=True)
+    assert (tmp_path / "pp/cat/alpha/SKILL.md").is_file()
+
+
+def test_pristine_copy_is_updated(bundle, target):
+    bundle.sync(target)
+    bundle.put("alpha", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert rc == 0 and out["updated"] == ["alpha"] and out["unchanged"] == ["beta"]
+    assert "v2" in (target / "cat/alpha/SKILL.md").read_text()
+
+
+def test_user_edit_is_kept(bundle, target):
+    bundle.sync(target)
+    (target / "cat/alpha/SKILL.md").write_text("mine")
+    bundle.put("alpha", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert out["user_modified"] == ["alpha"] and (target / "cat/alpha/SKILL.md").read_text() == "mine"
+    # an added file counts as an edit too
+    (target / "cat/beta/extra.md").write_text("my note")
+    bundle.put("beta", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert "beta" in out["user_modified"] and "v2" not in (target / "cat/beta/SKILL.md").read_text()
+
+
+def test_user_delete_is_respected_and_reset_restores(bundle, target):
+    bundle.sync(target)
+    shutil.rmtree(target / "cat/alpha")
+    bundle.put("alpha", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert out["user_deleted"] == ["alpha"] and not (target / "cat/alpha").exists()
+    rc, out = bundle.sync(target, "--reset", "alpha")
+    assert rc == 0 and "v2" in (target / "cat/alpha/SKILL.md").read_text()
+    rc, out = bundle.sync(target)
+    assert out["unchanged"] == ["alpha", "beta"]
+
+
+def test_reset_backs_up_the_user_copy(bundle, target):
+    bundle.sync(target)
+    (target / "cat/alpha/SKILL.md").write_text("mine")
+    rc, out = bundle.sync(target, "--reset", "alpha")
+    assert rc == 0 and (target / "cat/alpha/SKILL.md").read_text() == skill_md("alpha")
+    (backup,) = out["backups"]
+    assert Path(backup).is_relative_to(target / ".prefpilot") and (Path(backup) / "SKILL.md").read_text() == "mine"
+
+
+def test_reset_unknown_name_is_usage_error(bundle, target):
+    rc, out = bundle.sync(target, "--reset", "nope")
+    assert rc == 2 and "nope" in out["error"]
+
+
+def test_removed_from_bundle(bundle, target):
+    bundle.put("gamma").manifest()
+    bundle.sync(target)
+    (target / "cat/beta/SKILL.md").write_text("mine")
+    bundle.drop("alpha").drop("beta").manifest()
+    rc, out = bundle.sync(target)
+    assert out["removed"] == ["alpha"] and out["kept_orphans"] == ["beta"]
+    assert not (target / "cat/alpha").exists() and (target / "cat/beta/SKILL.md").read_text() == "mine"
+    rc, out = bundle.sync(target)  # beta is untracked now: not mentioned again
+    assert out["unchanged"] == ["gamma"] and not out["kept_orphans"]
+
+
+def test_collisions(bundle, target):
+    (target / "cat/alpha").mkdir(parents=True)
+    (target / "cat/alpha/SKILL.md").write_text("someone else's alpha")
+    shutil.copytree(bundle.path / "skills/cat/beta", target / "cat/beta")  # byte-identical: adopted
+    rc, out = bundle.sync(target)
+    assert out["collisions"] == ["alpha"] and out["unchanged"] == ["beta"]
+    assert (target / "cat/alpha/SKILL.md").read_text() == "someone else's alpha"
+    bundle.put("beta", "v2").put("alpha", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert out["updated"] == ["beta"] and out["collisions"] == ["alpha"]
+
+
+def test_symlinked_skill_left_alone(bundle, target, tmp_path):
+    elsewhere = tmp_path / "my-alpha"
+    shutil.copytree(bundle.path / "skills/cat/alpha", elsewhere)
+    (target / "cat").mkdir(parents=True)
+    (target / "cat/alpha").symlink_to(elsewhere)
+    bundle.put("alpha", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert "alpha" in out["collisions"] and (target / "cat/alpha").is_symlink()
+    assert "v2" not in (elsewhere / "SKILL.md").read_text()
+
+
+def test_parent_symlink_escaping_target_is_refused(bundle, target, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target.mkdir()
+    (target / "cat").symlink_to(outside)
+    rc, out = bundle.sync(target)
+    assert rc == 1 and out["errors"] == ["alpha", "beta"] and not any(outside.iterdir())
+
+
+def test_other_user_files_untouched(bundle, target):
+    (target / "mine/skill").mkdir(parents=True)
+    (target / "mine/skill/SKILL.md").write_text("x")
+    (target / "cat").mkdir()
+    (target / "cat/README.txt").write_text("y")
+    bundle.sync(target)
+    bundle.drop("alpha").manifest()
+    bundle.sync(target)
+    assert (target / "mine/skill/SKILL.md").read_text() == "x" and (target / "cat/README.txt").read_text() == "y"
+
+
+def test_dry_run_writes_nothing(bundle, target):
+    rc, out = bundle.sync(target, "--dry-run")
+    assert rc == 0 and out["copied"] == ["alpha", "beta"] and not target.exists()
+    bundle.sync(target)
+    (target / "cat/alpha/SKILL.md").write_text("mine")
+    bundle.put("beta", "v2").manifest()
+    before = {p: p.stat().st_mtime_ns for p in target.rglob("*")}
+    rc, out = bundle.sync(target, "--dry-run")
+    assert out["updated"] == ["beta"] and out["user_modified"] == ["alpha"]
+    assert {p: p.stat().st_mtime_ns for p in target.rglob("*")} == before
+
+
+def test_stale_manifest_is_exit_2_and_writes_nothing(bundle, target):
+    (bundle.path / "skills/cat/alpha/SKILL.md").write_text(skill_md("alpha", "edited without manifest"))
+    rc, out = bundle.sync(target)
+    assert rc == 2 and "stale" in out["error"] and not target.exists()
+
+
+def test_read_only_installed_copy_still_updates(bundle, target):
+    bundle.sync(target)
+    for p in sorted((target / "cat/alpha").rglob("*"), reverse=True) + [target / "cat/alpha"]:
+        p.chmod(0o444 if p.is_file() else 0o555)
+    bundle.put("alpha", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert rc == 0 and out["updated"] == ["alpha"] and "v2" in (target / "cat/alpha/SKILL.md").read_text()
+
+
+def test_read_only_bundle_installs_writable_copies(bundle, target):
+    for p in (bundle.path / "skills").rglob("*"):
+        if p.is_file():
+            p.chmod(0o444)
+    bundle.sync(target)
+    assert os.access(target / "cat/alpha/SKILL.md", os.W_OK) or os.geteuid() == 0
+    assert (target / "cat/alpha/SKILL.md").stat().st_mode & 0o200
+
+
+def test_corrupt_state_keeps_everything(bundle, target):
+    bundle.sync(target)
+    (target / "cat/alpha/SKILL.md").write_text("mine")
+    (target / ".prefpilot/state.json").write_text("{not json")
+    bundle.put("alpha", "v2").put("beta", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert rc == 1 and ".prefpilot" in out["errors"]
+    assert (target / "cat/alpha/SKILL.md").read_text() == "mine"
+    assert set(out["collisions"]) == {"alpha", "beta"}  # no origin known: nothing is overwritten
+    assert list((target / ".prefpilot").glob("state.corrupt-*.json"))
+
+
+def test_tampered_state_cannot_reach_outside(bundle, target, tmp_path):
+    bundle.sync(target)
+    victim = tmp_path / "victim"
+    shutil.copytree(bundle.path / "skills/cat/alpha", victim)
+    state = json.loads((target / ".prefpilot/state.json").read_text())
+    state["skills"]["zeta"] = {"origin": sync.folder_sha(victim), "path": "../victim", "version": "1"}
+    state["skills"]["eta"] = {"origin": sync.folder_sha(victim), "path": str(victim), "version": "1"}
+    (target / ".prefpilot/state.json").write_text(json.dumps(state))
+    rc, out = bundle.sync(target)
+    assert rc == 1 and set(out["errors"]) == {"zeta", "eta"} and (victim / "SKILL.md").is_file()
+
+
+def test_kill_during_large_update_then_resync_ends_whole(tmp_path):
+    big = {f"references/part{i:04d}.md": ("x" * 2000 + str(i)) for i in range(1500)}
+    b = Bundle(tmp_path / "bundle").put("huge", "v1", extra=big).put("small").manifest()
+    target = tmp_path / "target"
+    b.sync(target)
+    (target / "cat/small/SKILL.md").write_text("user edit")
+    for round_, delay in enumerate([0.05, 0.12, 0.2, 0.3, 0.45, 0.6]):
+        b.put("huge", f"v{round_ + 2}", extra={k: v + str(round_) for k, v in big.items()}).manifest()
+        p = subprocess.Popen([sys.executable, str(b.path / "sync.py"), "--target", str(target)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        rc, out = b.sync(target)
+        assert rc == 0, out
+        assert snapshot(target / "cat/huge") == snapshot(b.path / "skills/cat/huge"), f"round {round_}"
+        assert (target / "cat/small/SKILL.md").read_text() == "user edit"
+        assert out["user_modified"] == ["small"]
+        leftovers = [p for sub in ("staging", "trash") for p in (target / ".prefpilot" / sub).glob("*")]
+        assert leftovers == [] and not list((target / ".prefpilot").glob("state.tmp-*"))
+
+
+def test_four_concurrent_syncs(bundle, target):
+    for i in range(6):
+        bundle.put(f"s{i}", extra={f"references/r{j}.md": "y" * 5000 for j in range(50)})
+    bundle.manifest()
+    procs = [subprocess.Popen([sys.executable, str(bundle.path / "sync.py"), "--target", str(target), "--json"],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    copied = sorted(n for o in outs for n in o["copied"])
+    assert copied == sorted(["alpha", "beta"] + [f"s{i}" for i in range(6)])  # each copied exactly once
+    assert snapshot(target) == snapshot(bundle.path / "skills")
+
+
+# ----------------------------------------------------------------------------- property-based
+OPS = st.lists(st.tuples(st.sampled_from(["upstream", "edit", "delete", "sync", "drop", "readd"]),
+                         st.integers(0, 2)), min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_no_user_edit_is_ever_lost(tmp_path_factory, ops):
+    tmp = tmp_path_factory.mktemp("prop")
+    names = ["a0", "a1", "a2"]
+    b = Bundle(tmp / "bundle")
+    for n in names:
+        b.put(n)
+    b.manifest()
+    target = tmp / "t"
+    assert sync.main(["--bundle", str(b.path), "--target", str(target), "--json"]) == 0
+    edits: dict[str, str] = {}   # skill -> text the user wrote into its SKILL.md
+    in_bundle = set(names)
+    version = 0
+    for op, i in ops:
+        n = names[i]
+        d = target / "cat" / n
+        if op == "upstream" and n in in_bundle:
+            version += 1
+            b.put(n, f"v{version}").manifest()
+        elif op == "drop" and n in in_bundle:
+            b.drop(n).manifest()
+            in_bundle.discard(n)
+        elif op == "readd" and n not in in_bundle:
+            b.put(n, f"back{version}").manifest()
+            in_bundle.add(n)
+        elif op == "edit" and d.is_dir():
+            edits[n] = f"user text {len(edits)} {version}"
+            (d / "SKILL.md").write_text(edits[n])
+        elif op == "delete" and d.is_dir():
+            shutil.rmtree(d)
+            edits.pop(n, None)  # the user threw their own edit away; that is theirs to do
+        elif op == "sync":
+            assert sync.main(["--bundle", str(b.path), "--target", str(target), "--json"]) in (0, 1)
+        for m, text in edits.items():
+            assert (target / "cat" / m / "SKILL.md").read_text() == text, (ops, m)
