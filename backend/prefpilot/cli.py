@@ -45,6 +45,100 @@ def cmd_sync(args, rest) -> int:
     return mod.main(rest + ["--bundle", str(bundle_root())])
 
 
+# ----------------------------------------------------------------------------- config
+def _hardware_flags(p) -> None:
+    p.add_argument("--gpu-memory-gb", type=float, help="memory of one GPU in GB (default: this machine)")
+    p.add_argument("--num-gpus", type=int, help="number of GPUs (default: this machine)")
+    p.add_argument("--bf16-supported", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="true|false",
+                   help="whether the GPU supports bf16")
+
+
+def _hw_from(args) -> dict:
+    return {k: v for k, v in {"gpu_memory_gb": args.gpu_memory_gb, "num_gpus": args.num_gpus,
+                              "bf16_supported": args.bf16_supported}.items() if v is not None}
+
+
+def format_findings(report: dict) -> str:
+    lines = []
+    for kind in ("errors", "warnings"):
+        for f in report.get(kind, []):
+            tip = f" → {f['suggestion']}" if f.get("suggestion") and f["suggestion"] not in f["message"] else ""
+            lines.append(f"  {kind[:-1]} {f['path'] or '/'} [{f['code']}]: {f['message']}{tip}")
+    return "\n".join(lines)
+
+
+def format_estimate(est: dict) -> str:
+    if not est.get("known"):
+        return f"memory: not estimated ({est.get('reason')})"
+    parts = ", ".join(f"{k} {v:g}" for k, v in est["parts_gb"].items() if v)
+    cap = est.get("device_memory_gb")
+    return f"memory: ~{est['total_gb']} GB per device ({parts})" + (f" of {cap} GB {est['device']}" if cap else "")
+
+
+def cmd_validate(args) -> int:
+    from .config import load_config
+    from .config.validate import validate
+    try:
+        config = load_config(args.file)
+    except PrefpilotError as exc:
+        _print({"valid": False, "errors": [{"path": "", "code": exc.code, "message": str(exc), "suggestion": None}]},
+               args.json, lambda r: str(exc))
+        # Could not read or parse the file: 2. Parsed but not a usable mapping (empty, a list...): invalid, 1.
+        return 1 if exc.code in ("empty_config", "not_a_mapping") else 2
+    hw = _hw_from(args)
+    if hw:
+        config = {**config, "hardware": {**(config.get("hardware") or {}), **hw}}
+    report = validate(config)
+
+    def human(r):
+        head = f"{args.file}: {'valid' if r['valid'] else 'INVALID'} ({r['method']})"
+        body = [format_findings(r)] if r["errors"] or r["warnings"] else []
+        body += [f"  note: {n}" for n in r.get("notes", [])]
+        return "\n".join([head, *body, format_estimate(r.get("estimate") or {})])
+    _print(report, args.json, human)
+    return 0 if report["valid"] else 1
+
+
+def cmd_plan(args) -> int:
+    from .plan import plan
+    import yaml
+    result = plan(method=args.method, model=args.model, gpu_memory_gb=args.gpu_memory_gb, num_gpus=args.num_gpus,
+                  bf16_supported=args.bf16_supported, dataset_size=args.dataset_size, dataset_path=args.dataset_path,
+                  max_length=args.max_length, model_params=args.model_params)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(result["config"], fh, sort_keys=False)
+
+    def human(r):
+        out = ["# " + line for line in r["rationale"]]
+        out += [f"# memory saver: {s['saver']} — {s['why']}" for s in r["memory_savers"]]
+        out.append("# " + format_estimate(r["estimate"]))
+        out.append(yaml.safe_dump(r["config"], sort_keys=False).rstrip())
+        return "\n".join(out)
+    _print(result, args.json, human)
+    return 0
+
+
+def cmd_schemas(args) -> int:
+    if args.schemas_cmd == "generate":
+        from .config.generate import generate
+        stale = generate(check=args.check)
+        if args.check and stale:
+            print("stale against the installed TRL (run `prefpilot schemas generate`):\n  " + "\n  ".join(stale))
+            return 1
+        print("schemas " + ("up to date" if not stale else "written: " + ", ".join(stale)))
+    else:
+        from .config.validate import schema
+        s = schema(args.method)
+        if args.key:
+            if args.key not in s["properties"]:
+                raise PrefpilotError(f"no key {args.key!r} in the {args.method} schema", code="unknown_key")
+            print(json.dumps(s["properties"][args.key], indent=2, ensure_ascii=False))
+        else:
+            print(json.dumps(s, indent=1, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="prefpilot", description="Preference optimisation (DPO, SimPO) you can trust.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -60,6 +154,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if a table is out of date; write nothing")
 
     sub.add_parser("sync", help="install/update the skills (same flags as `python sync.py`)", add_help=False)
+
+    p = sub.add_parser("validate", help="check a run config (YAML/JSON) before spending GPU time on it")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    _hardware_flags(p)
+
+    p = sub.add_parser("plan", help="a complete run config from the published hyperparameter tables")
+    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo")
+    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    p.add_argument("--dataset-size", type=int, help="number of preference pairs")
+    p.add_argument("--dataset-path", default="builtin:arith-prefs")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--model-params", type=float, help="parameter count, when the model is not known")
+    p.add_argument("-o", "--output", help="also write the config to this YAML file")
+    p.add_argument("--json", action="store_true")
+    _hardware_flags(p)
+
+    p = sub.add_parser("schemas", help="the JSON Schemas of run configs")
+    ss = p.add_subparsers(dest="schemas_cmd", required=True)
+    g = ss.add_parser("generate", help="regenerate from the installed TRL (imports TRL)")
+    g.add_argument("--check", action="store_true", help="exit 1 if stale; write nothing")
+    g = ss.add_parser("show")
+    g.add_argument("method", choices=["dpo", "simpo"])
+    g.add_argument("key", nargs="?")
     return ap
 
 
@@ -70,7 +188,7 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return {"skills": cmd_skills}[args.cmd](args)
+        return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,225 @@
+"""Generate the JSON Schemas of prefpilot run configs from the installed TRL dataclasses.
+
+    prefpilot schemas generate [--check]
+
+Field lists, types, defaults and help strings come from TRL's config classes (the
+same ones `trl dpo --config` parses: ScriptArguments, DPOConfig/CPOConfig,
+ModelConfig, DatasetMixtureConfig); prefpilot's own keys and the constraints that
+TRL does not declare are added from the tables below. This module imports TRL and
+is run by a command or a test only, never on a light path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import types
+import typing
+from pathlib import Path
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+# prefpilot's additions, common to both methods.
+PREFPILOT_FIELDS = {
+    "method": {"enum": ["dpo", "simpo"], "default": "dpo",
+               "description": "prefpilot: which trainer runs this config (DPOTrainer or TRL's CPO trainer in SimPO mode)."},
+    "dataset_path": {"type": "string", "minLength": 1,
+                     "description": "prefpilot: a local .jsonl/.json/.parquet/.csv file, or builtin:<name> for a dataset shipped with prefpilot."},
+    "model_params": {"type": "number", "exclusiveMinimum": 0,
+                     "description": "prefpilot: parameter count of the model (e.g. 7.2e9), for the memory estimate when it cannot be read from disk."},
+    "hardware": {
+        "type": "object", "additionalProperties": False,
+        "description": "prefpilot: the machine the run is meant for; absent, the local machine.",
+        "properties": {
+            "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "description": "memory of one GPU in GB; null for CPU"},
+            "num_gpus": {"type": "integer", "minimum": 0},
+            "bf16_supported": {"type": "boolean"},
+        },
+    },
+}
+SIMPO_FIELDS = {
+    "gamma_beta_ratio": {"type": "number", "minimum": 0, "x-code": "range",
+                         "x-message": "gamma_beta_ratio (γ/β) must be ≥ 0; the SimPO authors search 0 to 1",
+                         "description": "SimPO paper: target reward margin divided by beta; simpo_gamma = gamma_beta_ratio × beta."},
+    "sft_weight": {"type": "number", "minimum": 0,
+                   "description": "SimPO paper: weight of the SFT (NLL) term; TRL's cpo_alpha."},
+}
+
+
+def _json_type(tp) -> dict:
+    """JSON Schema for a dataclass field annotation; {} where it cannot be pinned down."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        subs = [_json_type(a) for a in typing.get_args(tp)]
+        if any(s == {} for s in subs):
+            return {}
+        flat = []
+        for s in subs:
+            if s not in flat:
+                flat.append(s)
+        return flat[0] if len(flat) == 1 else {"anyOf": flat}
+    if tp is type(None):
+        return {"type": "null"}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return {"enum": [m.value for m in tp]}
+    if origin is list or tp is list:
+        args = typing.get_args(tp)
+        return {"type": "array", "items": _json_type(args[0])} if args else {"type": "array"}
+    if origin is dict or tp is dict:
+        return {"type": "object"}
+    if origin is typing.Literal:
+        return {"enum": list(typing.get_args(tp))}
+    return {}
+
+
+def _jsonable(v):
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
+def field_schemas(classes) -> tuple[dict, dict]:
+    props, sources = {}, {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name.startswith("_") or f.name in props:
+                continue
+            s = dict(_json_type(hints.get(f.name, f.type)))
+            if f.metadata.get("choices"):
+                s = {"enum": list(f.metadata["choices"])}
+            if f.default is not dataclasses.MISSING and _jsonable(f.default):
+                d = f.default.value if isinstance(f.default, enum.Enum) else f.default
+                s["default"] = d
+            if f.metadata.get("help"):
+                s["description"] = " ".join(f.metadata["help"].split())
+            props[f.name] = s
+            sources[f.name] = cls.__name__
+    return props, sources
+
+
+def dpo_loss_types() -> list[str]:
+    from trl import DPOConfig
+    return re.findall(r"`'(\w+)'`", DPOConfig.__dataclass_fields__["loss_type"].metadata["help"])
+
+
+def _c(schema: dict, code: str, message: str) -> dict:
+    """Attach the finding code and message the validator reports when this constraint fails."""
+    return {**schema, "x-code": code, "x-message": message}
+
+
+def _uses(loss: str) -> dict:
+    """`if` clause: the config's loss_type (a string or a list) includes `loss`."""
+    return {"properties": {"loss_type": {"anyOf": [{"const": loss}, {"type": "array", "contains": {"const": loss}}]}},
+            "required": ["loss_type"]}
+
+
+def common_constraints(props: dict) -> None:
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        props[key].update(_c({"minimum": 1}, "range", f"{key} must be an integer ≥ 1"))
+    props["beta"].update(_c({"exclusiveMinimum": 0}, "range", "beta must be > 0"))
+    props["learning_rate"].update(_c({"exclusiveMinimum": 0}, "range", "learning_rate must be > 0"))
+    props["num_train_epochs"].update(_c({"exclusiveMinimum": 0}, "range", "num_train_epochs must be > 0"))
+    props["max_length"] = {**props["max_length"], "anyOf": [
+        _c({"type": "integer", "minimum": 8}, "range", "max_length must be an integer ≥ 8, or null for no truncation"),
+        {"type": "null"}]}
+    props["max_length"].pop("type", None)
+    props["warmup_steps"].update(_c({"minimum": 0}, "range",
+                                    "warmup_steps must be ≥ 0 (a value below 1 is a ratio of the total steps)"))
+    props["lora_dropout"].update(_c({"minimum": 0, "maximum": 1}, "range", "lora_dropout must be in [0, 1]"))
+    props["lora_target_modules"]["anyOf"].append({"type": "string"})  # peft accepts "all-linear"
+    props["lora_r"].update(_c({"minimum": 1}, "range", "lora_r must be ≥ 1"))
+
+
+def build_dpo() -> dict:
+    from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, ScriptArguments
+    props, sources = field_schemas([ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig])
+    losses = dpo_loss_types()
+    props["loss_type"] = {**{k: v for k, v in props["loss_type"].items() if k not in ("type", "items")},
+                          "anyOf": [_c({"enum": losses}, "unknown_loss_type", "unknown loss_type"),
+                                    {"type": "array", "minItems": 1,
+                                     "items": _c({"enum": losses}, "unknown_loss_type", "unknown loss_type")}]}
+    props["ld_alpha"].update(_c({"minimum": 0, "maximum": 1}, "range", "ld_alpha must be in [0, 1] (LD-DPO's α)"))
+    props["discopop_tau"].update(_c({"exclusiveMinimum": 0}, "range", "discopop_tau must be > 0"))
+    props["label_smoothing"].update(_c({"minimum": 0, "exclusiveMaximum": 1}, "range", "label_smoothing must be in [0, 1)"))
+    props["ref_model_mixup_alpha"].update(_c({"minimum": 0, "maximum": 1}, "range", "ref_model_mixup_alpha must be in [0, 1]"))
+    props["ref_model_sync_steps"].update(_c({"minimum": 1}, "range", "ref_model_sync_steps must be ≥ 1"))
+    props["loss_weights"].update({"items": _c({"type": "number", "minimum": 0}, "range", "loss_weights must be ≥ 0")})
+    common_constraints(props)
+    props.update(PREFPILOT_FIELDS)
+    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["dpo"]}
+    rules = [
+        {"if": _uses("robust"), "then": {"properties": {"label_smoothing": _c(
+            {"exclusiveMaximum": 0.5}, "range",
+            "for loss_type robust, label_smoothing is the label-flip probability and must be in [0, 0.5); 0.1 is typical")}}},
+        {"if": _uses("exo_pair"), "then": {"required": ["label_smoothing"], "properties": {"label_smoothing": _c(
+            {"exclusiveMinimum": 0}, "range",
+            "exo_pair needs label_smoothing > 0 (log ε is infinite at 0); the EXO paper uses 1e-3")}}},
+    ]
+    return _wrap("dpo", props, sources, rules)
+
+
+def build_simpo() -> dict:
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
+    from trl.experimental.cpo import CPOConfig
+    props, sources = field_schemas([ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig])
+    props["loss_type"] = {**props["loss_type"], "enum": ["sigmoid", "hinge", "simpo"],
+                          "x-code": "unknown_loss_type",
+                          "x-message": "SimPO loss_type must be sigmoid (the SimPO loss) or hinge; TRL's simpo means sigmoid",
+                          "default": "sigmoid"}
+    props["label_smoothing"].update(_c({"minimum": 0, "exclusiveMaximum": 0.5}, "range", "label_smoothing must be in [0, 0.5)"))
+    props["simpo_gamma"].update(_c({"minimum": 0}, "range", "simpo_gamma (γ) must be ≥ 0"))
+    props["cpo_alpha"].update(_c({"minimum": 0}, "range", "cpo_alpha (the SFT weight) must be ≥ 0"))
+    common_constraints(props)
+    props.update(PREFPILOT_FIELDS)
+    props.update(SIMPO_FIELDS)
+    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["simpo"]}
+    for k in SIMPO_FIELDS:
+        sources[k] = "SimPO paper"
+    return _wrap("simpo", props, sources, [])
+
+
+def _wrap(method, props, sources, rules) -> dict:
+    import transformers
+    import trl
+    for k in PREFPILOT_FIELDS:
+        sources[k] = "prefpilot"
+    return {
+        "$schema": DRAFT,
+        "$id": f"https://prefpilot.dev/schemas/{method}-run-config.json",
+        "title": f"prefpilot {method} run config",
+        "description": "A TRL CLI config (trl dpo --config) plus prefpilot's method/hardware/dataset_path keys. "
+                       "Generated by `prefpilot schemas generate`; do not edit by hand.",
+        "type": "object",
+        "x-generated-from": {"trl": trl.__version__, "transformers": transformers.__version__},
+        "x-field-sources": dict(sorted(sources.items())),
+        "properties": dict(sorted(props.items())),
+        "additionalProperties": False,
+        **({"allOf": rules} if rules else {}),
+    }
+
+
+def generate(check: bool = False) -> list[str]:
+    """Write (or with ``check``, compare) the schema files; returns those that differ."""
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    stale = []
+    for method, build in (("dpo", build_dpo), ("simpo", build_simpo)):
+        text = json.dumps(build(), indent=1, ensure_ascii=False, default=str) + "\n"
+        path = SCHEMA_DIR / f"{method}.json"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            stale.append(str(path))
+            if not check:
+                path.write_text(text, encoding="utf-8")
+    return stale

@@ -1,0 +1,53 @@
+"""Turn a run config into what TRL's config classes take.
+
+DPO: `loss_type` becomes a list. SimPO: the SimPO paper's names become TRL's
+CPOConfig names (simpo_gamma = gamma_beta_ratio × beta, cpo_alpha = sft_weight),
+and the defaults that differ between the paper and TRL are made explicit.
+"""
+from __future__ import annotations
+
+# Keys prefpilot adds on top of a TRL CLI config; the trainer strips them.
+PREFPILOT_KEYS = {"method", "hardware", "dataset_path", "model_params", "gamma_beta_ratio", "sft_weight", "simpo_loss"}
+
+# SimPO paper defaults (princeton-nlp/SimPO README): β = 2.0, γ/β = 0.5, no SFT term.
+SIMPO_DEFAULT_BETA = 2.0
+SIMPO_DEFAULT_RATIO = 0.5
+
+
+def method_of(config: dict) -> str:
+    m = config.get("method", "dpo")
+    return m if m in ("dpo", "simpo") else "dpo"
+
+
+def normalize(config: dict) -> tuple[dict, list[str]]:
+    """(normalised config, notes on what was filled in or renamed)."""
+    cfg = dict(config)
+    notes: list[str] = []
+    method = method_of(cfg)
+    cfg["method"] = method
+    if method == "dpo":
+        if isinstance(cfg.get("loss_type"), str):
+            cfg["loss_type"] = [cfg["loss_type"]]
+        return cfg, notes
+
+    loss = cfg.get("loss_type", "sigmoid")
+    cfg["simpo_loss"] = "hinge" if loss == "hinge" else "sigmoid"
+    cfg["loss_type"] = "simpo"  # TRL's CPO trainer in SimPO mode (average log-probs, margin γ)
+    if "beta" not in cfg:
+        cfg["beta"] = SIMPO_DEFAULT_BETA
+        notes.append(f"beta not set: using the SimPO paper's {SIMPO_DEFAULT_BETA} (TRL's CPOConfig default 0.1 is a DPO-scale value)")
+    beta = cfg["beta"]
+    ratio = cfg.pop("gamma_beta_ratio", None)
+    if ratio is not None and isinstance(beta, (int, float)) and isinstance(ratio, (int, float)):
+        cfg["simpo_gamma"] = ratio * beta
+        notes.append(f"simpo_gamma = gamma_beta_ratio × beta = {ratio} × {beta} = {cfg['simpo_gamma']:g}")
+    elif "simpo_gamma" not in cfg and isinstance(beta, (int, float)):
+        cfg["simpo_gamma"] = SIMPO_DEFAULT_RATIO * beta
+        notes.append(f"no target margin set: simpo_gamma = 0.5 × beta = {cfg['simpo_gamma']:g} (SimPO README's starting γ/β)")
+    sft = cfg.pop("sft_weight", None)
+    if sft is not None:
+        cfg["cpo_alpha"] = sft
+    elif "cpo_alpha" not in cfg:
+        cfg["cpo_alpha"] = 0.0
+        notes.append("cpo_alpha = 0 (pure SimPO; TRL's default 1.0 would add an SFT term, i.e. CPO-SimPO)")
+    return cfg, notes

@@ -1,0 +1,324 @@
+"""Validate a run config before any GPU time is spent on it.
+
+Order: shape → unknown/removed/renamed keys → JSON Schema (types, ranges, enums,
+the cross-field rules a schema can say) → rules a schema cannot say (list lengths,
+combinations TRL refuses or ignores, hardware) → suspicious-but-legal values as
+warnings → a memory estimate checked against the device. Each finding names the
+field as a JSON pointer and says what to do.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from pathlib import Path
+
+from .estimate import estimate_memory
+from .hardware import resolve_hardware
+from .normalize import PREFPILOT_KEYS, method_of, normalize
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+# Keys older TRL/transformers accepted and the installed ones reject, with what replaces them.
+REMOVED_KEYS = {
+    "max_prompt_length": "removed in TRL 1.x: only max_length (prompt + completion) remains; set max_length to the longest prompt+answer you keep",
+    "max_completion_length": "removed from DPOConfig in TRL 1.x: only max_length (prompt + completion) remains",
+    "max_target_length": "removed in TRL 1.x: use max_length",
+    "rpo_alpha": "removed in TRL 1.x: write loss_type: [sigmoid, sft] with loss_weights: [1.0, <rpo_alpha>]",
+    "reference_free": "removed in TRL 1.x: for a reference-free objective use method: simpo",
+    "generate_during_eval": "removed from DPOConfig in TRL 1.x",
+    "model_adapter_name": "removed in TRL 1.x: the trained adapter is the active one",
+    "ref_adapter_name": "removed in TRL 1.x: a reference adapter is found by the name 'ref'",
+    "force_use_ref_model": "removed in TRL 1.x: with PEFT the reference is the base model (adapter disabled)",
+    "ref_model_init_kwargs": "removed in TRL 1.x: the reference model is loaded like the policy",
+    "padding_value": "removed in TRL 1.x: padding uses the tokenizer's pad token",
+    "label_pad_token_id": "removed in TRL 1.x",
+    "is_encoder_decoder": "removed from DPOConfig in TRL 1.x (decoder-only models)",
+    "tools": "removed from DPOConfig in TRL 1.x",
+    "use_logits_to_keep": "removed in TRL 1.x: log-probs come from a fused LM head",
+    "use_num_logits_to_keep": "removed in TRL 1.x",
+    "torch_dtype": "renamed to dtype (transformers 5 / TRL 1.x ModelConfig)",
+    "evaluation_strategy": "renamed to eval_strategy",
+    "warmup_ratio": "removed in transformers 5: warmup_steps takes a ratio when below 1 (e.g. warmup_steps: 0.1)",
+}
+RENAMED_KEYS = {"torch_dtype": "dtype", "evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps"}
+RENAMED_LOSS = {"aot_pair": "aot"}
+FLASH_ATTN = {"flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/flash-attn3"}
+F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
+
+
+class Report(dict):
+    """{"valid", "method", "errors", "warnings", "normalized", "estimate", "notes"}; a dict, so it is JSON as is."""
+
+    @property
+    def valid(self) -> bool:
+        return self["valid"]
+
+
+def finding(path: str, code: str, message: str, suggestion: str | None = None) -> dict:
+    return {"path": path, "code": code, "message": message, "suggestion": suggestion}
+
+
+@functools.lru_cache(maxsize=2)
+def schema(method: str) -> dict:
+    return json.loads((SCHEMA_DIR / f"{method}.json").read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=2)
+def _validator(method: str):
+    import jsonschema
+    return jsonschema.Draft202012Validator(schema(method))
+
+
+def _ptr(parts) -> str:
+    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts) if parts else ""
+
+
+def _did_you_mean(word: str, choices) -> str | None:
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return near[0] if near else None
+
+
+def _table(method: str) -> dict:
+    try:
+        from ..skills import load_table
+        return load_table(method)
+    except Exception:  # the bundle is optional for validation; ranges then fall back to none
+        return {"ranges": {}}
+
+
+# ----------------------------------------------------------------------------- checks
+def _key_findings(config: dict, method: str) -> tuple[list, set]:
+    """Unknown, removed, renamed and wrong-method keys; returns (errors, keys to drop before schema checks)."""
+    errors, drop = [], set()
+    props = schema(method)["properties"]
+    other = schema("simpo" if method == "dpo" else "dpo")["properties"]
+    for key in config:
+        if key in props:
+            continue
+        drop.add(key)
+        path = _ptr([key])
+        if key in REMOVED_KEYS:
+            new = RENAMED_KEYS.get(key)
+            errors.append(finding(path, "renamed_key" if new else "removed_key", f"`{key}` is not accepted by the "
+                                  f"installed TRL: {REMOVED_KEYS[key]}", f"use `{new}`" if new else REMOVED_KEYS[key]))
+        elif key in other:
+            hint = ("set method: simpo" if method == "dpo" else
+                    "remove it: SimPO has no reference model" if "ref" in key or key in ("ld_alpha", "sync_ref_model")
+                    else "remove it, or set method: dpo")
+            errors.append(finding(path, "wrong_method", f"`{key}` is a {'SimPO' if method == 'dpo' else 'DPO'} option "
+                                  f"and this is a {method} run", hint))
+        else:
+            near = _did_you_mean(key, props)
+            errors.append(finding(path, "unknown_key", f"unknown key `{key}`" + (f"; did you mean `{near}`?" if near else ""),
+                                  f"rename it to `{near}`" if near else "remove it (see `prefpilot schemas show`)"))
+    return errors, drop
+
+
+def _schema_findings(config: dict, method: str) -> list:
+    from jsonschema.exceptions import best_match
+    out = []
+    for err in sorted(_validator(method).iter_errors(config), key=lambda e: list(e.absolute_path)):
+        if err.validator == "additionalProperties":
+            continue  # reported per key, with suggestions, by _key_findings
+        leaf = best_match(err.context) if err.context else err
+        s = leaf.schema if isinstance(leaf.schema, dict) else {}
+        path = _ptr(list(err.absolute_path))
+        field = str(err.absolute_path[0]) if err.absolute_path else ""
+        code = s.get("x-code") or {"type": "type", "enum": "enum", "const": "enum", "required": "required"}.get(
+            leaf.validator, "range" if "imum" in str(leaf.validator) else "schema")
+        if code == "unknown_loss_type":
+            value = leaf.instance
+            valid = s.get("enum", [])
+            if value in RENAMED_LOSS:
+                out.append(finding(path, "renamed_value", f"loss_type `{value}` was renamed to `{RENAMED_LOSS[value]}` "
+                                   "in TRL 1.x", f"use `{RENAMED_LOSS[value]}`"))
+            elif value == "simpo" and method == "dpo":
+                out.append(finding(path, "wrong_method", "SimPO is not a DPOTrainer loss_type", "set method: simpo"))
+            else:
+                near = _did_you_mean(str(value), valid)
+                out.append(finding(path, "unknown_loss_type", f"unknown loss_type {value!r}; valid: {', '.join(valid)}",
+                                   f"use `{near}`" if near else "pick one of the valid values"))
+            continue
+        message = s.get("x-message") or f"`{field}`: {leaf.message}"
+        if s.get("x-message"):
+            message = f"{message} (got {leaf.instance!r})"
+        out.append(finding(path, code, message, s.get("x-message")))
+    return out
+
+
+def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, list]:
+    """Combinations and hardware checks JSON Schema cannot express. Returns (errors, warnings)."""
+    errs, warns = [], []
+    losses = cfg.get("loss_type") if method == "dpo" else []
+    losses = [l for l in losses if isinstance(l, str)] if isinstance(losses, list) else []
+    peft = bool(cfg.get("use_peft"))
+    if method == "dpo":
+        w = cfg.get("loss_weights")
+        if isinstance(w, list) and isinstance(cfg.get("loss_type"), list) and len(w) != len(cfg["loss_type"]):
+            errs.append(finding("/loss_weights", "length_mismatch", f"loss_weights has {len(w)} entries for "
+                                f"{len(cfg['loss_type'])} loss types", "give one weight per loss_type entry"))
+        if cfg.get("sync_ref_model") and peft:
+            errs.append(finding("/sync_ref_model", "incompatible", "TRL refuses sync_ref_model (TR-DPO) with PEFT: "
+                                "the reference is the base model with the adapter off", "set sync_ref_model: false"))
+        if cfg.get("sync_ref_model") and cfg.get("precompute_ref_log_probs"):
+            errs.append(finding("/sync_ref_model", "incompatible", "sync_ref_model has no effect with "
+                                "precompute_ref_log_probs (the reference log-probs are fixed before training); "
+                                "TRL refuses the pair", "drop one of the two"))
+        fdiv = cfg.get("f_divergence_type", "reverse_kl")
+        if fdiv != "reverse_kl" and not set(losses) <= F_DIVERGENCE_LOSSES:
+            errs.append(finding("/f_divergence_type", "incompatible", f"f_divergence_type {fdiv} only works with "
+                                f"{', '.join(sorted(F_DIVERGENCE_LOSSES))}; got {losses}", "use reverse_kl"))
+        if cfg.get("use_weighting") and set(losses) & {"aot", "aot_unpaired"}:
+            errs.append(finding("/use_weighting", "incompatible", "WPO weighting is not implemented for aot losses "
+                                "(they sort pairs across the batch)", "set use_weighting: false"))
+        if cfg.get("padding_free") and cfg.get("attn_implementation") not in FLASH_ATTN:
+            errs.append(finding("/padding_free", "incompatible", "padding_free needs FlashAttention "
+                                f"(attn_implementation is {cfg.get('attn_implementation')!r})",
+                                "set attn_implementation: flash_attention_2, or padding_free: false"))
+        elif cfg.get("padding_free"):
+            warns.append(finding("/padding_free", "no_effect", "padding_free is temporarily unavailable in TRL 1.16: "
+                                 "it warns and falls back to padding", "leave it off until TRL restores it"))
+        if cfg.get("precompute_ref_log_probs") and peft:
+            warns.append(finding("/precompute_ref_log_probs", "no_effect", "with PEFT no reference model is held in "
+                                 "memory anyway; precomputing only saves the adapter-off forward", None))
+    targets = cfg.get("lora_target_modules")
+    if peft and isinstance(targets, list) and "lm_head" in targets:
+        errs.append(finding("/lora_target_modules", "incompatible", "TRL computes log-probs from lm_head.weight "
+                            "directly, so an adapter on lm_head would never train", "remove lm_head"))
+    if not peft and any(k in raw for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")):
+        warns.append(finding("/use_peft", "no_effect", "lora_* keys are set but use_peft is not: they are ignored",
+                             "set use_peft: true, or remove the lora_* keys"))
+    if (cfg.get("load_in_4bit") or cfg.get("load_in_8bit")) and not peft:
+        errs.append(finding("/load_in_4bit" if cfg.get("load_in_4bit") else "/load_in_8bit", "incompatible",
+                            "quantised weights cannot be trained directly", "set use_peft: true (QLoRA)"))
+    gpu = bool(hw.get("gpu_memory_gb"))
+    if (cfg.get("load_in_4bit") or cfg.get("load_in_8bit")) and not gpu:
+        errs.append(finding("/load_in_4bit", "hardware", "bitsandbytes quantisation needs a CUDA GPU and this run's "
+                            "hardware has none", "drop load_in_4bit, or describe the GPU under hardware:"))
+    if cfg.get("bf16") and cfg.get("fp16"):
+        errs.append(finding("/fp16", "incompatible", "bf16 and fp16 are both set", "keep one"))
+    if cfg.get("bf16") and gpu and not hw.get("bf16_supported"):
+        errs.append(finding("/bf16", "hardware", f"bf16 needs an Ampere-or-newer GPU; {hw.get('gpu_name') or 'this GPU'}"
+                            " does not support it", "set bf16: false and fp16: true"))
+    elif cfg.get("bf16") and not gpu:
+        warns.append(finding("/bf16", "hardware", "bf16 on a CPU-only machine is emulated on most CPUs and slow",
+                             "set bf16: false (fp32) for CPU runs"))
+    if cfg.get("fp16") and not gpu:
+        errs.append(finding("/fp16", "hardware", "fp16 mixed precision needs a GPU", "set fp16: false"))
+    if cfg.get("dtype") in ("bfloat16",) and gpu and not hw.get("bf16_supported"):
+        errs.append(finding("/dtype", "hardware", "this GPU cannot hold bfloat16 weights efficiently", "use float16"))
+    if cfg.get("trust_remote_code"):
+        warns.append(finding("/trust_remote_code", "security", "trust_remote_code runs Python shipped with the model",
+                             "only for models whose code you have read"))
+    return errs, warns
+
+
+def _range_warnings(cfg: dict, method: str) -> list:
+    out = []
+    ranges = _table(method).get("ranges", {})
+    peft = bool(cfg.get("use_peft"))
+    lr, beta = cfg.get("learning_rate"), cfg.get("beta")
+    lr_r = ranges.get("learning_rate")
+    if isinstance(lr, (int, float)) and lr_r:
+        hi = lr_r["sane"][1] * (20 if peft else 1)  # LoRA runs commonly use 5-10x the full fine-tuning rate
+        if lr > hi:
+            out.append(finding("/learning_rate", "learning_rate_high", f"learning_rate {lr:g} is far above the usual "
+                               f"{lr_r['typical'][0]:g}–{lr_r['typical'][1]:g} for {method}"
+                               f"{' with LoRA' if peft else ''} ({lr_r['source']})",
+                               f"try {lr_r['typical'][1]:g}"))
+    beta_r = ranges.get("beta")
+    losses = cfg.get("loss_type") if isinstance(cfg.get("loss_type"), list) else []
+    if isinstance(beta, (int, float)) and beta > 0 and beta_r:
+        per_token = method == "dpo" and losses and set(losses) <= {"sigmoid_norm", "sft"}
+        if method == "dpo" and beta > beta_r["sane"][1] and not per_token:
+            out.append(finding("/beta", "beta_high", f"beta {beta:g} is high for DPO (usual {beta_r['typical'][0]:g}–"
+                               f"{beta_r['typical'][1]:g}; {beta_r['source']}); the policy will barely move",
+                               "try 0.1"))
+        if method == "simpo" and beta < beta_r["sane"][0]:
+            out.append(finding("/beta", "beta_low", f"beta {beta:g} is a DPO-scale value; SimPO's reward is a per-token "
+                               f"average and needs {beta_r['typical'][0]:g}–{beta_r['typical'][1]:g} ({beta_r['source']})",
+                               "try 2.0 or 2.5"))
+        if method == "simpo" and beta > beta_r["sane"][1]:
+            out.append(finding("/beta", "beta_high", f"beta {beta:g} is above the SimPO range {beta_r['sane'][0]:g}–"
+                               f"{beta_r['sane'][1]:g}", "try 10 at most"))
+    if method == "dpo" and "ipo" in losses and isinstance(lr, (int, float)) and lr > 1e-5:
+        out.append(finding("/learning_rate", "ipo_learning_rate", f"IPO with learning_rate {lr:g}: IPO regresses the "
+                           "margin to 1/(2β) and a large rate overshoots; older docs' 1e-2 is an outlier",
+                           "use 5e-7 to 1e-6"))
+    if method == "simpo":
+        ratio_r = ranges.get("gamma_beta_ratio")
+        g, b = cfg.get("simpo_gamma"), cfg.get("beta")
+        if ratio_r and isinstance(g, (int, float)) and isinstance(b, (int, float)) and b > 0:
+            ratio = g / b
+            if ratio > ratio_r["sane"][1]:
+                out.append(finding("/simpo_gamma", "gamma_high", f"γ/β = {ratio:g} is above the usual "
+                                   f"{ratio_r['typical'][0]:g}–{ratio_r['typical'][1]:g} ({ratio_r['source']})",
+                                   "start at gamma_beta_ratio: 0.5"))
+    return out
+
+
+def _completeness(cfg: dict) -> list:
+    out = []
+    if not cfg.get("model_name_or_path"):
+        out.append(finding("/model_name_or_path", "required", "no model: set model_name_or_path",
+                           "e.g. model_name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct"))
+    if not (cfg.get("dataset_name") or cfg.get("dataset_path") or cfg.get("datasets")):
+        out.append(finding("/dataset_path", "required", "no data: set dataset_path (local file or builtin:<name>) "
+                           "or dataset_name (a hub dataset)", "e.g. dataset_path: builtin:arith-prefs"))
+    dp = cfg.get("dataset_path")
+    if isinstance(dp, str) and dp:
+        if dp.startswith("builtin:"):
+            from ..data import builtin_names
+            if dp[8:] not in builtin_names():
+                out.append(finding("/dataset_path", "dataset_not_found", f"no builtin dataset {dp[8:]!r}",
+                                   f"use one of: {', '.join('builtin:' + n for n in builtin_names())}"))
+        elif not Path(dp).expanduser().is_file():
+            out.append(finding("/dataset_path", "dataset_not_found", f"dataset file {dp} does not exist",
+                               "give a path to a .jsonl/.json/.parquet/.csv file"))
+        elif Path(dp).suffix.lower() not in (".jsonl", ".json", ".parquet", ".csv"):
+            out.append(finding("/dataset_path", "dataset_format", f"{dp}: unsupported file type",
+                               "use .jsonl, .json, .parquet or .csv"))
+    return out
+
+
+def validate(config, *, complete: bool = True) -> Report:
+    """Validate a run config mapping. ``complete=False`` skips the model/dataset presence checks."""
+    if not isinstance(config, dict):
+        return Report(valid=False, method=None, errors=[finding("", "not_a_mapping", "the config must be a mapping of "
+                      f"keys to values, got {type(config).__name__}", None)], warnings=[], normalized={}, estimate={},
+                      notes=[])
+    method = config.get("method", "dpo")
+    if method not in ("dpo", "simpo"):
+        return Report(valid=False, method=None, errors=[finding("/method", "enum", f"method must be dpo or simpo, got "
+                      f"{method!r}", "set method: dpo or method: simpo")], warnings=[], normalized={}, estimate={},
+                      notes=[])
+    errors, drop = _key_findings(config, method)
+    known = {k: v for k, v in config.items() if k not in drop}
+    errors += _schema_findings(known, method)
+    cfg, notes = normalize(known)
+    hw = resolve_hardware(config.get("hardware") if isinstance(config.get("hardware"), dict) else None)
+    rule_errs, warnings = _rule_findings(cfg, config, method, hw)
+    errors += rule_errs
+    warnings += _range_warnings(cfg, method)
+    if complete:
+        errors += _completeness(cfg)
+    estimate = {}
+    try:
+        estimate = estimate_memory(cfg, hw)
+    except (TypeError, ValueError) as exc:  # bad types already reported above
+        estimate = {"known": False, "reason": f"not estimated: {exc}"}
+    if estimate.get("known") and estimate.get("device_memory_gb"):
+        cap, need = estimate["device_memory_gb"], estimate["total_gb"]
+        where = f"the {hw.get('gpu_name') or 'GPU'} ({cap} GB)" if estimate["device"] == "gpu" else f"RAM ({cap} GB)"
+        fix = ("turn on gradient_checkpointing, lower per_device_train_batch_size or max_length, set "
+               "precompute_ref_log_probs, or use_peft (LoRA)")
+        if need > cap:
+            errors.append(finding("/per_device_train_batch_size", "out_of_memory", f"estimated {need} GB per device "
+                                  f"exceeds {where}", fix))
+        elif need > 0.9 * cap:
+            warnings.append(finding("/per_device_train_batch_size", "memory_tight", f"estimated {need} GB per device "
+                                    f"is above 90% of {where}", fix))
+    cfg_out = {k: v for k, v in cfg.items()}
+    return Report(valid=not errors, method=method, errors=errors, warnings=warnings, normalized=cfg_out,
+                  estimate=estimate, hardware=hw, notes=notes)

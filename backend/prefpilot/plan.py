@@ -1,0 +1,135 @@
+"""Choose a complete, valid run config from the skills' published hyperparameter tables.
+
+The nearest published row (same model family first, then closest size) gives β,
+γ/β and the learning rate; batch, precision and memory savers come from the
+hardware and the memory estimate. Every choice is explained in the rationale.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from .config.estimate import estimate_memory, resolve_model_size
+from .config.hardware import resolve_hardware
+from .config.validate import validate
+from .errors import PrefpilotError
+from .skills import load_table
+
+FAMILIES = ("llama", "mistral", "zephyr", "gemma", "qwen", "smollm", "phi")
+PAPER_TOTAL_BATCH = 128  # SimPO paper/README; also the DPO baselines there
+LORA_LR_FACTOR = 10      # LoRA DPO recipes use ~10x the full-parameter rate (alignment-handbook zephyr QLoRA: 5e-6 vs 5e-7)
+
+
+def family_of(model: str) -> str | None:
+    low = model.lower()
+    for f in FAMILIES:
+        if f in low:
+            return "mistral" if f == "zephyr" else f
+    return None
+
+
+def nearest_row(rows: list[dict], family: str | None, params: float | None) -> tuple[dict, str]:
+    sized = [r for r in rows if r.get("params_b")]
+    same = [r for r in sized if r["family"] == family]
+    pool, why = (same, f"same family ({family})") if same else (sized, "no row for this family; nearest size")
+    if params:
+        best = min(pool, key=lambda r: (abs(math.log(r["params_b"] * 1e9 / params)), r["variant"] != "instruct"))
+    else:
+        best = pool[0]
+    return best, why
+
+
+def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct", gpu_memory_gb: float | None = None,
+         num_gpus: int | None = None, dataset_size: int | None = None, dataset_path: str = "builtin:arith-prefs",
+         bf16_supported: bool | None = None, max_length: int = 1024, model_params: float | None = None) -> dict:
+    if method not in ("dpo", "simpo"):
+        raise PrefpilotError(f"method must be dpo or simpo, got {method!r}", code="bad_method", path="/method")
+    if not model or not isinstance(model, str):
+        raise PrefpilotError("model must be a model id or a local path", code="required", path="/model")
+    hw_given = {k: v for k, v in {"gpu_memory_gb": gpu_memory_gb, "num_gpus": num_gpus,
+                                  "bf16_supported": bf16_supported}.items() if v is not None}
+    hw = resolve_hardware(hw_given or None)
+    gpu = bool(hw.get("gpu_memory_gb"))
+    table = load_table(method)
+    size = resolve_model_size({"model_name_or_path": model, "model_params": model_params})
+    row, why = nearest_row(table["rows"], family_of(model), size["params"])
+    rationale = [f"hyperparameters from table row `{row['id']}` ({row['model']}; {why}); source: {row['source']}"]
+    cfg: dict = {"method": method, "model_name_or_path": model, "dataset_path": dataset_path,
+                 "beta": row["beta"], "learning_rate": row["learning_rate"], "num_train_epochs": 1,
+                 "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "max_length": max_length,
+                 "logging_steps": 1, "save_strategy": "no", "report_to": "none"}
+    if model_params:
+        cfg["model_params"] = model_params
+    if hw_given:
+        cfg["hardware"] = hw_given
+    if method == "simpo":
+        cfg.update(gamma_beta_ratio=row["gamma_beta_ratio"], loss_type="sigmoid", sft_weight=0.0)
+        rationale.append(f"SimPO: β = {row['beta']}, γ/β = {row['gamma_beta_ratio']} → simpo_gamma = "
+                         f"{row['beta'] * row['gamma_beta_ratio']:g}; no reference model")
+    else:
+        cfg["loss_type"] = "sigmoid"
+        rationale.append(f"DPO sigmoid loss, β = {row['beta']} (the published baseline for this row)")
+    # Batch: the papers' total of 128 pairs, shrunk for small datasets so a run still takes ~20+ optimizer steps.
+    total = PAPER_TOTAL_BATCH
+    if dataset_size:
+        while total > 8 and dataset_size / total < 20:
+            total //= 2
+        rationale.append(f"total batch {total} pairs ({dataset_size} pairs → {dataset_size // total} optimizer steps "
+                         f"per epoch; the paper's 128 would give too few)" if total < PAPER_TOTAL_BATCH else
+                         f"total batch {total} pairs, as in the SimPO paper's runs")
+    ndev = max(1, hw.get("num_gpus") or 1) if gpu else 1
+    per_device = 2 if gpu else 4
+    cfg["per_device_train_batch_size"] = per_device
+    cfg["gradient_accumulation_steps"] = max(1, total // (per_device * ndev))
+    if gpu and hw.get("bf16_supported"):
+        cfg.update(bf16=True, dtype="bfloat16")
+        rationale.append("bf16 weights and compute: the GPU supports it")
+    elif gpu:
+        cfg.update(bf16=False, fp16=True)
+        rationale.append("fp16 mixed precision: this GPU has no bf16")
+    else:
+        cfg.update(bf16=False, use_cpu=True)
+        rationale.append("CPU only: fp32 (bf16 would be emulated)")
+    cfg["gradient_checkpointing"] = False
+    savers = []
+
+    def fits():
+        est = estimate_memory({**cfg, "model_params": size["params"]} if size["params"] else cfg, hw)
+        cap = est.get("device_memory_gb")
+        return est, (not est.get("known")) or cap is None or est["total_gb"] <= 0.85 * cap
+
+    est, ok = fits()
+    steps = [("gradient_checkpointing", {"gradient_checkpointing": True},
+              "recomputes activations in the backward (~30% slower) to cut activation memory")]
+    if method == "dpo":
+        steps.append(("precompute_ref_log_probs", {"precompute_ref_log_probs": True},
+                      "reference log-probs computed once up front; no reference model in memory"))
+    steps.append(("lora", {"use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                           "lora_target_modules": "all-linear"},
+                  f"LoRA adapters only are trained; learning rate ×{LORA_LR_FACTOR}"))
+    if gpu:
+        steps.append(("qlora", {"load_in_4bit": True}, "4-bit base weights (QLoRA)"))
+    for name, change, why in steps:
+        if ok:
+            break
+        cfg.update(change)
+        if name == "lora":
+            cfg["learning_rate"] = float(f"{row['learning_rate'] * LORA_LR_FACTOR:.3g}")
+            cfg.pop("precompute_ref_log_probs", None)  # with PEFT the reference costs no memory
+        savers.append({"saver": name, "why": why})
+        est, ok = fits()
+    if not ok:
+        raise PrefpilotError(f"{model} does not fit in {hw.get('gpu_memory_gb') or hw.get('ram_gb')} GB even with "
+                             f"QLoRA and checkpointing (estimate {est['total_gb']} GB): use more or larger GPUs",
+                             code="out_of_memory")
+    if gpu and (hw.get("num_gpus") or 1) > 1:
+        rationale.append(f"{hw['num_gpus']} GPUs: the estimate assumes FSDP full sharding "
+                         "(`prefpilot train --launcher accelerate --num-processes N --fsdp ...`)")
+    if not savers:
+        rationale.append("no memory savers needed: the estimate fits in 85% of device memory, so gradient "
+                         "checkpointing stays off (TRL turns it on by default, costing ~30% speed)")
+    report = validate(cfg)
+    if not report["valid"]:  # a planner bug, not a user error: say so plainly
+        raise PrefpilotError(f"internal: planned config does not validate: {report['errors']}", code="internal")
+    return {"config": cfg, "rationale": rationale, "memory_savers": savers, "estimate": est,
+            "table_row": row, "hardware": hw, "warnings": report["warnings"]}
