@@ -28,14 +28,19 @@ def family_of(model: str) -> str | None:
     return None
 
 
-def nearest_row(rows: list[dict], family: str | None, params: float | None) -> tuple[dict, str]:
+def variant_of(model: str) -> str:
+    low = model.lower()
+    return "instruct" if re.search(r"instruct|chat|-it\b|-it-", low) else "base"
+
+
+def nearest_row(rows: list[dict], family: str | None, params: float | None, variant: str = "instruct") -> tuple[dict, str]:
     sized = [r for r in rows if r.get("params_b")]
     same = [r for r in sized if r["family"] == family]
     pool, why = (same, f"same family ({family})") if same else (sized, "no row for this family; nearest size")
     if params:
-        best = min(pool, key=lambda r: (abs(math.log(r["params_b"] * 1e9 / params)), r["variant"] != "instruct"))
+        best = min(pool, key=lambda r: (round(abs(math.log(r["params_b"] * 1e9 / params)), 1), r["variant"] != variant))
     else:
-        best = pool[0]
+        best = min(pool, key=lambda r: r["variant"] != variant)
     return best, why
 
 
@@ -52,7 +57,7 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     gpu = bool(hw.get("gpu_memory_gb"))
     table = load_table(method)
     size = resolve_model_size({"model_name_or_path": model, "model_params": model_params})
-    row, why = nearest_row(table["rows"], family_of(model), size["params"])
+    row, why = nearest_row(table["rows"], family_of(model), size["params"], variant_of(model))
     rationale = [f"hyperparameters from table row `{row['id']}` ({row['model']}; {why}); source: {row['source']}"]
     cfg: dict = {"method": method, "model_name_or_path": model, "dataset_path": dataset_path,
                  "beta": row["beta"], "learning_rate": row["learning_rate"], "num_train_epochs": 1,

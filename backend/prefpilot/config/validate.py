@@ -123,27 +123,42 @@ def _schema_findings(config: dict, method: str) -> list:
             continue  # reported per key, with suggestions, by _key_findings
         leaf = best_match(err.context) if err.context else err
         s = leaf.schema if isinstance(leaf.schema, dict) else {}
+        if leaf.validator == "type":
+            s = {}  # the x-code/x-message beside a type describe the range, not the type
         path = _ptr(list(err.absolute_path))
         field = str(err.absolute_path[0]) if err.absolute_path else ""
         code = s.get("x-code") or {"type": "type", "enum": "enum", "const": "enum", "required": "required"}.get(
             leaf.validator, "range" if "imum" in str(leaf.validator) else "schema")
-        if code == "unknown_loss_type":
-            value = leaf.instance
-            valid = s.get("enum", [])
-            if value in RENAMED_LOSS:
-                out.append(finding(path, "renamed_value", f"loss_type `{value}` was renamed to `{RENAMED_LOSS[value]}` "
-                                   "in TRL 1.x", f"use `{RENAMED_LOSS[value]}`"))
-            elif value == "simpo" and method == "dpo":
-                out.append(finding(path, "wrong_method", "SimPO is not a DPOTrainer loss_type", "set method: simpo"))
-            else:
-                near = _did_you_mean(str(value), valid)
-                out.append(finding(path, "unknown_loss_type", f"unknown loss_type {value!r}; valid: {', '.join(valid)}",
-                                   f"use `{near}`" if near else "pick one of the valid values"))
+        if code == "unknown_loss_type" or (field == "loss_type" and len(err.absolute_path) == 1):
+            out += _loss_type_findings(config.get("loss_type"), method)
             continue
         message = s.get("x-message") or f"`{field}`: {leaf.message}"
         if s.get("x-message"):
             message = f"{message} (got {leaf.instance!r})"
         out.append(finding(path, code, message, s.get("x-message")))
+    return out
+
+
+def _loss_type_findings(value, method: str) -> list:
+    """One finding per bad loss_type entry (a string or a list), with renames and suggestions."""
+    lt = schema(method)["properties"]["loss_type"]
+    valid = lt.get("enum") or lt["anyOf"][0]["enum"]
+    items = [("/loss_type", value)] if not isinstance(value, list) else [(f"/loss_type/{i}", v) for i, v in enumerate(value)]
+    if isinstance(value, list) and not value:
+        return [finding("/loss_type", "unknown_loss_type", "loss_type is an empty list", "e.g. loss_type: sigmoid")]
+    out = []
+    for path, v in items:
+        if isinstance(v, str) and v in valid:
+            continue
+        if v in RENAMED_LOSS:
+            out.append(finding(path, "renamed_value", f"loss_type `{v}` was renamed to `{RENAMED_LOSS[v]}` in TRL 1.x",
+                               f"use `{RENAMED_LOSS[v]}`"))
+        elif v == "simpo" and method == "dpo":
+            out.append(finding(path, "wrong_method", "SimPO is not a DPOTrainer loss_type", "set method: simpo"))
+        else:
+            near = _did_you_mean(str(v), valid)
+            out.append(finding(path, "unknown_loss_type", f"unknown loss_type {v!r}; valid: {', '.join(valid)}",
+                               f"use `{near}`" if near else "pick one of the valid values"))
     return out
 
 
