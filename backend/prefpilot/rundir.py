@@ -1,0 +1,80 @@
+"""The run directory's files: one place that knows their names and how to write them safely.
+
+Light (no torch): the run manager, the diagnosis and the MCP server read these too.
+  config.yaml     normalised run config
+  status.json     state, step/total, percent, ETA, times, error (atomic rewrite)
+  metrics.jsonl   one JSON object per logging step, flushed as written
+  train.log       the training process's log
+  checkpoints/    Trainer checkpoints;  final/  the final model or adapter
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+
+STATES = ("queued", "running", "completed", "failed", "cancelled")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def update_status(run_dir: Path, **fields) -> dict:
+    status = read_status(run_dir)
+    status.update(fields, updated_at=now())
+    write_json_atomic(Path(run_dir) / "status.json", status)
+    return status
+
+
+def clean_number(v):
+    """JSON has no NaN/inf: keep them readable as strings so a follower sees them."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def append_metrics(run_dir: Path, row: dict) -> None:
+    with open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({k: clean_number(v) for k, v in row.items()}) + "\n")
+        fh.flush()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written right now
+    return rows
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> int:
+    """Keep rows up to a checkpoint's step (so a resumed run's metrics are continuous); returns rows dropped."""
+    rows = read_metrics(run_dir)
+    keep = [r for r in rows if int(r.get("step", 0)) <= last_step]
+    path = Path(run_dir) / "metrics.jsonl"
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(rows) - len(keep)

@@ -1,0 +1,138 @@
+"""Load preference data and check every row before any model is loaded.
+
+Formats (as TRL's DPOTrainer takes them):
+  standard        {"prompt": str, "chosen": str, "rejected": str}
+  conversational  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+  implicit prompt {"chosen": str|[messages], "rejected": str|[messages]} (the shared prefix is the prompt)
+Row checks are pure Python over plain dicts, so they run (and fail) in milliseconds.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ..errors import PrefpilotError
+
+MAX_LISTED = 10
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a local .jsonl/.json/.csv/.parquet file as dicts."""
+    p = Path(path).expanduser()
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            with open(p, encoding="utf-8") as fh:
+                for i, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise PrefpilotError(f"{p}: line {i} is not valid JSON ({exc.msg}); fix or remove it",
+                                                 code="bad_data", path="/dataset_path") from None
+            return rows
+        if suffix == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
+                data = data.get("train") or data.get("data") or data
+            if not isinstance(data, list):
+                raise PrefpilotError(f"{p}: expected a JSON list of rows", code="bad_data", path="/dataset_path")
+            return data
+        if suffix == ".csv":
+            with open(p, encoding="utf-8", newline="") as fh:
+                return list(csv.DictReader(fh))
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+            return pq.read_table(p).to_pylist()
+    except FileNotFoundError:
+        raise PrefpilotError(f"dataset file {p} does not exist", code="dataset_not_found", path="/dataset_path") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, PrefpilotError):
+            raise
+        raise PrefpilotError(f"{p}: cannot read ({exc})", code="bad_data", path="/dataset_path") from None
+    raise PrefpilotError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet",
+                         code="dataset_format", path="/dataset_path")
+
+
+def _text(v) -> str | None:
+    """The comparable text of a field (a string, or a list of messages); None when malformed."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) and
+                                   isinstance(m.get("role"), str) for m in v):
+        return "\x00".join(f"{m['role']}:{m['content']}" for m in v)
+    return None
+
+
+def row_problem(row) -> str | None:
+    if not isinstance(row, dict):
+        return "not an object"
+    keys = ("prompt", "chosen", "rejected") if "prompt" in row else ("chosen", "rejected")
+    for k in ("chosen", "rejected"):
+        if k not in row or row[k] is None:
+            return f"missing `{k}`"
+    texts = {}
+    for k in keys:
+        t = _text(row[k])
+        if t is None:
+            return f"`{k}` is neither a string nor a list of {{role, content}} messages"
+        if not t.strip():
+            return f"`{k}` is empty"
+        texts[k] = t
+    if texts["chosen"] == texts["rejected"]:
+        return "chosen == rejected (no preference to learn)"
+    if "prompt" in row and isinstance(row["prompt"], str) != isinstance(row["chosen"], str):
+        return "prompt and chosen mix plain text and messages"
+    return None
+
+
+def check_rows(rows: list, source: str, max_bad_rows: int = 0) -> tuple[list, dict]:
+    """Return (good rows, report). Raises with the first offending row numbers when bad rows exceed the allowance."""
+    bad = [(i, prob) for i, r in enumerate(rows, 1) if (prob := row_problem(r))]
+    report = {"rows": len(rows), "bad_rows": len(bad), "dropped": 0,
+              "examples": [{"row": i, "problem": p} for i, p in bad[:MAX_LISTED]]}
+    if not rows:
+        raise PrefpilotError(f"{source}: no rows", code="bad_data", path="/dataset_path")
+    if len(bad) > max_bad_rows:
+        listed = "; ".join(f"row {i}: {p}" for i, p in bad[:MAX_LISTED])
+        raise PrefpilotError(f"{source}: {len(bad)} of {len(rows)} rows are unusable ({listed}"
+                             f"{' …' if len(bad) > MAX_LISTED else ''}). Fix them, or allow dropping them with "
+                             f"--max-bad-rows {len(bad)}", code="bad_data", path="/dataset_path")
+    bad_idx = {i for i, _ in bad}
+    good = [r for i, r in enumerate(rows, 1) if i not in bad_idx]
+    report["dropped"] = len(bad)
+    return good, report
+
+
+def load_splits(cfg: dict, max_bad_rows: int = 0) -> tuple[list, list | None, dict]:
+    """(train rows, eval rows or None, report) from dataset_path or dataset_name; checked."""
+    dp, name = cfg.get("dataset_path"), cfg.get("dataset_name")
+    if dp and dp.startswith("builtin:"):
+        from ..data import builtin_files
+        files = builtin_files(dp[8:])
+        train_rows, test_rows = read_rows(str(files["train"])), read_rows(str(files["test"]))
+        source = dp
+    elif dp:
+        train_rows, test_rows, source = read_rows(dp), None, dp
+    elif name:
+        try:
+            from datasets import load_dataset
+            ds = load_dataset(name, name=cfg.get("dataset_config"))
+        except Exception as exc:  # the hub may be unreachable: say so plainly
+            raise PrefpilotError(f"cannot load dataset {name!r} ({type(exc).__name__}: {str(exc)[:200]}); without "
+                                 "network access use a local file via dataset_path", code="dataset_not_found",
+                                 path="/dataset_name") from None
+        train_rows = ds[cfg.get("dataset_train_split", "train")].to_list()
+        split = cfg.get("dataset_test_split", "test")
+        test_rows = ds[split].to_list() if split in ds else None
+        source = name
+    else:
+        raise PrefpilotError("no dataset: set dataset_path or dataset_name", code="required", path="/dataset_path")
+    train, rep = check_rows(train_rows, source, max_bad_rows)
+    test = None
+    if test_rows:
+        test, trep = check_rows(test_rows, source + " (test split)", max_bad_rows)
+        rep["test"] = trep
+    return train, test, rep

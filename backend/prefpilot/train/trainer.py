@@ -1,0 +1,232 @@
+"""Turn a validated run config into a real TRL run: DPOTrainer for DPO, TRL's CPO trainer in SimPO mode.
+
+Everything heavy is imported inside functions so `prefpilot train --help` stays fast.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import yaml
+
+from .. import rundir
+from ..config.estimate import estimate_memory
+from ..config.normalize import PREFPILOT_KEYS
+from ..config.validate import schema, validate
+from ..errors import PrefpilotError
+
+log = logging.getLogger("prefpilot.train")
+
+
+# ----------------------------------------------------------------------------- config → TRL kwargs
+def split_config(cfg: dict) -> dict[str, dict]:
+    """Partition a normalised config by the TRL class each key belongs to (from the generated schema)."""
+    sources = schema(cfg["method"])["x-field-sources"]
+    parts = {"trainer": {}, "model": {}, "data": {}, "prefpilot": {}}
+    for k, v in cfg.items():
+        src = sources.get(k, "prefpilot")
+        if k in PREFPILOT_KEYS or src in ("prefpilot", "SimPO paper"):
+            parts["prefpilot"][k] = v
+        elif src == "ModelConfig":
+            parts["model"][k] = v
+        elif src in ("ScriptArguments", "DatasetMixtureConfig"):
+            parts["data"][k] = v
+        else:
+            parts["trainer"][k] = v
+    return parts
+
+
+def hardware_defaults(cfg: dict, report: dict) -> tuple[dict, list[str]]:
+    """Fill precision and gradient checkpointing from the hardware when the config leaves them unset."""
+    import torch
+    chosen, notes = {}, []
+    cuda = torch.cuda.is_available()
+    if "bf16" not in cfg and "fp16" not in cfg:
+        if cuda and torch.cuda.is_bf16_supported():
+            chosen.update(bf16=True)
+            notes.append("bf16: the GPU supports it")
+        elif cuda:
+            chosen.update(bf16=False, fp16=True)
+            notes.append("fp16: the GPU has no bf16")
+        else:
+            chosen.update(bf16=False)
+            notes.append("fp32: no GPU (TRL's bf16 default would be emulated on the CPU)")
+    if not cuda and "use_cpu" not in cfg:
+        chosen["use_cpu"] = True
+    if "gradient_checkpointing" not in cfg:
+        est = estimate_memory({**cfg, **chosen, "gradient_checkpointing": False}, report["hardware"])
+        cap = est.get("device_memory_gb")
+        need = bool(est.get("known") and cap and est["total_gb"] > 0.85 * cap)
+        chosen["gradient_checkpointing"] = need
+        notes.append(f"gradient_checkpointing {'on' if need else 'off'}: estimate without it "
+                     f"{est.get('total_gb', '?')} GB vs {cap} GB available")
+    chosen.setdefault("logging_steps", cfg.get("logging_steps", 1))
+    chosen.setdefault("report_to", cfg.get("report_to", "none"))
+    return chosen, notes
+
+
+# ----------------------------------------------------------------------------- SimPO hinge
+def simpo_trainer_class():
+    from trl.experimental.cpo import CPOTrainer
+
+    class SimPOTrainer(CPOTrainer):
+        """CPOTrainer in SimPO mode; adds the SimPO repository's hinge variant using TRL's own hinge branch.
+
+        relu(1 − (β·Δavg − γ)) is TRL's hinge relu(1 − β·(c − r)) with the rejected score shifted by γ/β.
+        The log-probs stay averaged because loss_type remains "simpo" during the forward.
+        """
+
+        simpo_loss = "sigmoid"
+
+        def cpo_loss(self, chosen_logps, rejected_logps):
+            if self.simpo_loss != "hinge":
+                return super().cpo_loss(chosen_logps, rejected_logps)
+            self.loss_type = "hinge"
+            try:
+                losses, _, _ = super().cpo_loss(chosen_logps, rejected_logps + self.simpo_gamma / self.beta)
+            finally:
+                self.loss_type = "simpo"
+            _, chosen_rewards, rejected_rewards = super().cpo_loss(chosen_logps, rejected_logps)
+            return losses, chosen_rewards, rejected_rewards
+
+    return SimPOTrainer
+
+
+# ----------------------------------------------------------------------------- the run
+def _setup_logging(run_dir: Path, main_process: bool) -> None:
+    if not main_process:
+        return
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("prefpilot", "transformers", "trl", "peft", "accelerate"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("prefpilot").setLevel(logging.INFO)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    cks = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return cks[-1] if cks else None
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_rows: int = 0,
+          progress: bool | None = None) -> dict:
+    """Validate, check data, load the model, train, save. Returns the final status dict."""
+    run_dir = Path(run_dir)
+    main = _is_main()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = validate(config)
+    if not report["valid"]:
+        msg = "; ".join(f"{e['path']}: {e['message']}" for e in report["errors"])
+        if main:
+            rundir.update_status(run_dir, state="failed", error=f"invalid config: {msg}")
+        raise PrefpilotError(f"invalid config (nothing was loaded): {msg}", code="invalid_config")
+    cfg = dict(report["normalized"])
+    _setup_logging(run_dir, main)
+    try:
+        # Data first: a bad row must never cost a model load.
+        from .data import load_splits
+        train_rows, eval_rows, data_report = load_splits(cfg, max_bad_rows)
+        if data_report["dropped"] and main:
+            log.warning("dropped %d bad rows (allowed by --max-bad-rows)", data_report["dropped"])
+        chosen, notes = hardware_defaults(cfg, report)
+        cfg.update({k: v for k, v in chosen.items() if k not in cfg})
+        if main:
+            if not resume or not (run_dir / "config.yaml").exists():
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+            rundir.update_status(run_dir, state="running", error=None, started_at=rundir.now(), method=cfg["method"],
+                                 hardware_choices=notes, data=data_report, pid=os.getpid())
+            for n in notes:
+                log.info("chosen: %s", n)
+        return _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main)
+    except PrefpilotError as exc:
+        if main:
+            rundir.update_status(run_dir, state="failed", error=str(exc))
+        raise
+    except KeyboardInterrupt:
+        if main:
+            rundir.update_status(run_dir, state="cancelled", error="interrupted")
+        raise
+    except Exception as exc:  # anything TRL/torch raises becomes a failed status with its message
+        if main:
+            log.error("training failed:\n%s", traceback.format_exc())
+            rundir.update_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig, get_peft_config, get_quantization_config
+
+    from .callbacks import RunRecorder
+    from .models import resolve_model
+
+    parts = split_config(cfg)
+    model_path, model_source = resolve_model(cfg["model_name_or_path"])
+    if main:
+        log.info("model %s from %s", cfg["model_name_or_path"], model_source)
+    model_args = ModelConfig(**parts["model"])
+    quant = get_quantization_config(model_args)
+    dtype = parts["model"].get("dtype", "float32")
+    if dtype == "auto":
+        dtype = "float32" if not torch.cuda.is_available() else "auto"
+    model_kwargs = {"dtype": getattr(torch, dtype) if dtype != "auto" else "auto",
+                    "trust_remote_code": bool(cfg.get("trust_remote_code"))}
+    if model_args.attn_implementation:
+        model_kwargs["attn_implementation"] = model_args.attn_implementation
+    if quant is not None:
+        model_kwargs["quantization_config"] = quant
+    model = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_kwargs["trust_remote_code"])
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    peft_config = get_peft_config(model_args)
+
+    targs = dict(parts["trainer"])
+    targs.update(output_dir=str(run_dir / "checkpoints"), logging_nan_inf_filter=False,  # let NaN reach the log
+                 disable_tqdm=not (progress if progress is not None else sys.stderr.isatty()))
+    if eval_rows is None or targs.get("eval_strategy", "no") == "no":
+        eval_ds = None
+    else:
+        eval_ds = Dataset.from_list(eval_rows)
+    train_ds = Dataset.from_list(train_rows)
+    ck = last_checkpoint(run_dir) if resume else None
+    recorder = RunRecorder(run_dir)
+    if ck is not None and main:
+        dropped = rundir.truncate_metrics(run_dir, int(ck.name.split("-")[-1]))
+        log.info("resuming from %s (dropped %d metric rows logged after it)", ck.name, dropped)
+
+    if cfg["method"] == "dpo":
+        from trl import DPOConfig, DPOTrainer
+        trainer = DPOTrainer(model=model, args=DPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tok, peft_config=peft_config, callbacks=[recorder])
+    else:
+        from trl.experimental.cpo import CPOConfig
+        cls = simpo_trainer_class()
+        trainer = cls(model=model, args=CPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tok, peft_config=peft_config, callbacks=[recorder])
+        trainer.simpo_loss = cfg.get("simpo_loss", "sigmoid")
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=str(ck) if ck else None)
+    if recorder.nan_step is not None:
+        raise PrefpilotError(f"loss became NaN/inf at step {recorder.nan_step}; see the diagnosis "
+                             "(lower learning_rate, check the data, use fp32/bf16 instead of fp16)", code="nan_loss")
+    trainer.save_model(str(run_dir / "final"))
+    if main:
+        tok.save_pretrained(str(run_dir / "final"))
+        status = rundir.update_status(run_dir, state="completed", step=trainer.state.global_step,
+                                      total_steps=trainer.state.max_steps, percent=100.0, eta_seconds=0,
+                                      finished_at=rundir.now(), train_seconds=round(time.time() - t0, 2),
+                                      final_model=str(run_dir / "final"))
+        return status
+    return {}
