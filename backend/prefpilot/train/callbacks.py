@@ -31,6 +31,9 @@ class RunRecorder(TrainerCallback):
         logs = dict(logs or {})
         if not state.is_world_process_zero:
             return
+        if "train_runtime" in logs:  # the end-of-training summary, not a logging step
+            rundir.update_status(self.run_dir, summary={k: rundir.clean_number(v) for k, v in logs.items()})
+            return
         now = time.time()
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "wall_time": round(now - self.t0, 3)}
         row.update(logs)

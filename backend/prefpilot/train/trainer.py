@@ -219,7 +219,7 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main):
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(ck) if ck else None)
     if recorder.nan_step is not None:
-        raise PrefpilotError(f"loss became NaN/inf at step {recorder.nan_step}; see the diagnosis "
+        raise PrefpilotError(f"non-finite loss (NaN/inf) at step {recorder.nan_step}: training stopped; see the diagnosis "
                              "(lower learning_rate, check the data, use fp32/bf16 instead of fp16)", code="nan_loss")
     trainer.save_model(str(run_dir / "final"))
     if main:
