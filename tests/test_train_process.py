@@ -1,0 +1,83 @@
+"""Training as processes: kill and resume, accelerate with 2 CPU processes, the CLI, Slurm emission."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from prefpilot import rundir
+from tiny_model import build_tiny_model
+
+pytestmark = pytest.mark.slow
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def write_config(path, tiny, **extra):
+    cfg = {"model_name_or_path": str(tiny), "dataset_path": "builtin:arith-prefs", "per_device_train_batch_size": 2,
+           "learning_rate": 5e-3, "max_length": 64, "save_strategy": "no", **extra}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_resume_after_kill_keeps_metrics_continuous(tiny, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny, max_steps=160, save_strategy="steps", save_steps=20)
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "prefpilot.train.entry", str(cfg), "--run-dir", str(run)], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints/checkpoint-40").is_dir() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = len(rundir.read_metrics(run))
+    assert rundir.read_status(run)["state"] == "running" and 40 <= killed_at < 160  # died mid-run
+    r = subprocess.run([sys.executable, "-m", "prefpilot.train.entry", str(cfg), "--run-dir", str(run), "--resume"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = [row["step"] for row in rundir.read_metrics(run)]
+    assert steps == list(range(1, 161)), steps[:5]
+    assert rundir.read_status(run)["state"] == "completed"
+    assert "resuming from checkpoint-" in (run / "train.log").read_text()
+
+
+def test_accelerate_two_cpu_processes(tiny, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny, max_steps=3)
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "train", str(cfg), "--run-dir", str(run),
+                        "--launcher", "accelerate", "--num-processes", "2"], env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = rundir.read_metrics(run)
+    assert [x["step"] for x in rows] == [1, 2, 3]  # rank 0 only: no duplicated rows
+    # two processes × 2 pairs per step over 320 pairs: 4 pairs per step
+    assert rows[0]["epoch"] == pytest.approx(4 / 320)
+    assert rundir.read_status(run)["state"] == "completed"
+
+
+def test_cli_train_refuses_invalid_config(tmp_path, tiny):
+    cfg = write_config(tmp_path / "c.yaml", tiny, beta=-1)
+    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "train", str(cfg), "--run-dir", str(tmp_path / "r")],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1 and "/beta" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_emit_slurm(tmp_path, tiny):
+    cfg = write_config(tmp_path / "c.yaml", tiny, max_steps=3)
+    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "train", str(cfg), "--emit", "slurm",
+                        "--num-machines", "4", "--gpus-per-node", "8", "--run-dir", str(tmp_path / "r")],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0
+    s = r.stdout
+    assert "#SBATCH --nodes=4" in s and "--num_processes 32" in s and "--machine_rank $SLURM_NODEID" in s
+    assert "--main_process_ip $MASTER_ADDR" in s and "prefpilot.train.entry" in s
+    subprocess.run(["bash", "-n"], input=s, text=True, check=True)  # the script parses
