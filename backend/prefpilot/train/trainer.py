@@ -109,8 +109,11 @@ def _setup_logging(run_dir: Path, main_process: bool) -> None:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    cks = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return cks[-1] if cks else None
+    """The newest *complete* checkpoint: a kill while saving leaves one without trainer_state.json (written last)."""
+    cks = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                 key=lambda p: int(p.name.split("-")[-1]))
+    complete = [p for p in cks if (p / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
 
 
 def _is_main() -> bool:
@@ -118,7 +121,7 @@ def _is_main() -> bool:
 
 
 def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_rows: int = 0,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, callbacks: list | None = None) -> dict:
     """Validate, check data, load the model, train, save. Returns the final status dict."""
     run_dir = Path(run_dir)
     main = _is_main()
@@ -146,7 +149,7 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
                                  hardware_choices=notes, data=data_report, pid=os.getpid())
             for n in notes:
                 log.info("chosen: %s", n)
-        return _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main)
+        return _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, callbacks or [])
     except PrefpilotError as exc:
         if main:
             rundir.update_status(run_dir, state="failed", error=str(exc))
@@ -162,7 +165,7 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
         raise
 
 
-def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main):
+def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_callbacks):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -209,12 +212,12 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main):
     if cfg["method"] == "dpo":
         from trl import DPOConfig, DPOTrainer
         trainer = DPOTrainer(model=model, args=DPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tok, peft_config=peft_config, callbacks=[recorder])
+                             processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
     else:
         from trl.experimental.cpo import CPOConfig
         cls = simpo_trainer_class()
         trainer = cls(model=model, args=CPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tok, peft_config=peft_config, callbacks=[recorder])
+                      processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
         trainer.simpo_loss = cfg.get("simpo_loss", "sigmoid")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(ck) if ck else None)
