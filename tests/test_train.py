@@ -146,7 +146,12 @@ def test_conversational_and_implicit_prompt_formats(tiny, tmp_path):
                                  "rejected": [{"role": "assistant", "content": str(2 * i + 1)}]} for i in range(6)]))
     implicit = tmp_path / "implicit.csv"
     implicit.write_text("chosen,rejected\n" + "".join(f"Q{i} A{i},Q{i} B{i}\n" for i in range(6)))
-    for name, path in (("conv", conv), ("implicit", implicit)):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    parquet = tmp_path / "std.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": f"{i} + 2 =", "chosen": str(i + 2), "rejected": str(i + 3)}
+                                         for i in range(6)]), parquet)
+    for name, path in (("conv", conv), ("implicit", implicit), ("parquet", parquet)):
         status = train({"model_name_or_path": str(tiny), "dataset_path": str(path), "max_steps": 2,
                         "per_device_train_batch_size": 2, "save_strategy": "no"}, tmp_path / name, progress=False)
         assert status["state"] == "completed", name
