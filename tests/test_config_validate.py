@@ -3,7 +3,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 
 import jsonschema
 import pytest

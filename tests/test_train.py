@@ -1,7 +1,6 @@
 """Real DPO and SimPO runs through TRL on a tiny local model (CPU)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Training as processes: kill and resume, accelerate with 2 CPU processes, the CLI, Slurm emission."""
-import json
 import os
 import signal
 import subprocess

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .errors import PrefpilotError
 
@@ -34,7 +33,7 @@ def cmd_skills(args) -> int:
     return 0
 
 
-def cmd_sync(args, rest) -> int:
+def cmd_sync(rest: list[str]) -> int:
     """Forward to the bundle's stdlib sync.py so there is one implementation."""
     import importlib.util
     from .skills import bundle_root
@@ -81,10 +80,11 @@ def cmd_validate(args) -> int:
     try:
         config = load_config(args.file)
     except PrefpilotError as exc:
-        _print({"valid": False, "errors": [{"path": "", "code": exc.code, "message": str(exc), "suggestion": None}]},
-               args.json, lambda r: str(exc))
+        message, code = str(exc), exc.code
+        _print({"valid": False, "errors": [{"path": "", "code": code, "message": message, "suggestion": None}]},
+               args.json, lambda r: message)
         # Could not read or parse the file: 2. Parsed but not a usable mapping (empty, a list...): invalid, 1.
-        return 1 if exc.code in ("empty_config", "not_a_mapping") else 2
+        return 1 if code in ("empty_config", "not_a_mapping") else 2
     hw = _hw_from(args)
     if hw:
         config = {**config, "hardware": {**(config.get("hardware") or {}), **hw}}
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sync"]:
-        return cmd_sync(None, argv[1:])
+        return cmd_sync(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     try:

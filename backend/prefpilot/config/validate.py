@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .estimate import estimate_memory
 from .hardware import resolve_hardware
-from .normalize import PREFPILOT_KEYS, method_of, normalize
+from .normalize import normalize
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -334,6 +334,5 @@ def validate(config, *, complete: bool = True) -> Report:
         elif need > 0.9 * cap:
             warnings.append(finding("/per_device_train_batch_size", "memory_tight", f"estimated {need} GB per device "
                                     f"is above 90% of {where}", fix))
-    cfg_out = {k: v for k, v in cfg.items()}
-    return Report(valid=not errors, method=method, errors=errors, warnings=warnings, normalized=cfg_out,
+    return Report(valid=not errors, method=method, errors=errors, warnings=warnings, normalized=cfg,
                   estimate=estimate, hardware=hw, notes=notes)

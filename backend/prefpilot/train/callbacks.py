@@ -23,8 +23,7 @@ class RunRecorder(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         if state.is_world_process_zero:
-            rundir.update_status(self.run_dir, state="running", total_steps=state.max_steps, step=state.global_step,
-                                 pid_training=__import__("os").getpid())
+            rundir.update_status(self.run_dir, state="running", total_steps=state.max_steps, step=state.global_step)
         self.t0 = time.time()
         self.start_step = state.global_step
 

@@ -5,7 +5,6 @@ Everything heavy is imported inside functions so `prefpilot train --help` stays 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
