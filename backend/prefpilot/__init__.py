@@ -18,4 +18,10 @@ def plan(**kwargs):
     return _plan(**kwargs)
 
 
-__all__ = ["validate", "plan", "__version__"]
+def diagnose(history, **kwargs):
+    """Findings for a run's metrics (run dir, file, pasted text or list of dicts); see ``prefpilot.diagnosis``."""
+    from .diagnosis import diagnose as _diagnose
+    return _diagnose(history, **kwargs)
+
+
+__all__ = ["validate", "plan", "diagnose", "__version__"]

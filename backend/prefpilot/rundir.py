@@ -78,3 +78,35 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
     tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
     os.replace(tmp, path)
     return len(rows) - len(keep)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest *complete* checkpoint: a kill while saving leaves one without trainer_state.json (written last)."""
+    cks = sorted((p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                 key=lambda p: int(p.name.split("-")[-1]))
+    complete = [p for p in cks if (p / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = 1 << 20) -> list[str]:
+    """The last ``n`` lines of a text file without reading all of a long log."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-n:] if n > 0 else []
+
+
+def last_metrics(run_dir: Path) -> dict | None:
+    """The newest complete row of metrics.jsonl."""
+    for line in reversed(tail_lines(Path(run_dir) / "metrics.jsonl", 5, max_bytes=64 * 1024)):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None

@@ -118,17 +118,35 @@ def render_table(method: str) -> str:
     return f"{body}\n\nRanges the validator checks:\n\n{ranges}"
 
 
+FINDINGS_FILE = "preference-diagnostics/references/findings.yaml"
+
+
+def render_findings_table() -> str:
+    """The diagnosis catalogue (ids, severities, thresholds) as the pathologies reference shows it."""
+    path = bundle_root() / "skills" / "mlops" / FINDINGS_FILE
+    t = yaml.safe_load(path.read_text(encoding="utf-8"))
+    rows = [[f"`{fid}`", f["severity"], f["summary"],
+             ", ".join(f"{k}={_fmt(v)}" for k, v in f["thresholds"].items()) or "—", f["sources"]]
+            for fid, f in t["findings"].items()]
+    head = (f"Warm-up = the first {t['warmup_fraction']:.0%} of logged training points; start/end levels are means "
+            f"over {t['edge_fraction']:.0%} of the points at each end.\n\n")
+    return head + _table(["id", "severity", "fires when", "thresholds", "sources"], rows)
+
+
 def render(check: bool = False) -> list[str]:
-    """Rewrite the generated tables in the hyperparameters.md files.
+    """Rewrite the generated tables (hyperparameters.md files, the diagnosis catalogue in pathologies.md).
 
     With ``check`` nothing is written; returns the files that are (or were) out of date.
     """
     stale = []
-    for method, rel in TABLE_FILES.items():
-        md = bundle_root() / "skills" / "mlops" / Path(rel).with_suffix(".md")
+    targets = [(bundle_root() / "skills" / "mlops" / Path(rel).with_suffix(".md"), lambda m=method: render_table(m))
+               for method, rel in TABLE_FILES.items()]
+    targets.append((bundle_root() / "skills" / "mlops" / "preference-diagnostics/references/pathologies.md",
+                    render_findings_table))
+    for md, renderer in targets:
         text = md.read_text(encoding="utf-8")
         pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-        new = pattern.sub(lambda _m: f"{BEGIN}\n{render_table(method)}\n{END}", text)
+        new = pattern.sub(lambda _m: f"{BEGIN}\n{renderer()}\n{END}", text)
         if new != text:
             stale.append(str(md))
             if not check:

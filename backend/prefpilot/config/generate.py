@@ -45,6 +45,10 @@ SIMPO_FIELDS = {
                          "description": "SimPO paper: target reward margin divided by beta; simpo_gamma = gamma_beta_ratio × beta."},
     "sft_weight": {"type": "number", "minimum": 0,
                    "description": "SimPO paper: weight of the SFT (NLL) term; TRL's cpo_alpha."},
+    # Written by normalisation (loss_type: hinge -> loss_type: simpo + simpo_loss: hinge) so that a run
+    # dir's config.yaml validates again on resume.
+    "simpo_loss": {"enum": ["sigmoid", "hinge"],
+                   "description": "prefpilot: the SimPO loss shape after normalisation; users set loss_type: sigmoid|hinge."},
 }
 
 

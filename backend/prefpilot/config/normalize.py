@@ -31,7 +31,9 @@ def normalize(config: dict) -> tuple[dict, list[str]]:
         return cfg, notes
 
     loss = cfg.get("loss_type", "sigmoid")
-    cfg["simpo_loss"] = "hinge" if loss == "hinge" else "sigmoid"
+    if loss != "simpo":  # "simpo" means already normalised (a run dir's config.yaml): keep its simpo_loss
+        cfg["simpo_loss"] = "hinge" if loss == "hinge" else "sigmoid"
+    cfg.setdefault("simpo_loss", "sigmoid")
     cfg["loss_type"] = "simpo"  # TRL's CPO trainer in SimPO mode (average log-probs, margin γ)
     if "beta" not in cfg:
         cfg["beta"] = SIMPO_DEFAULT_BETA

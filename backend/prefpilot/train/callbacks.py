@@ -8,6 +8,9 @@ from transformers import TrainerCallback
 
 from .. import rundir
 
+# Set by the SIGTERM handler (entry.py) when the run manager asks for a graceful stop.
+STOP = {"requested": False, "in_loop": False}
+
 RUN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 
 
@@ -26,6 +29,10 @@ class RunRecorder(TrainerCallback):
             rundir.update_status(self.run_dir, state="running", total_steps=state.max_steps, step=state.global_step)
         self.t0 = time.time()
         self.start_step = state.global_step
+        STOP["in_loop"] = True
+
+    def on_train_end(self, args, state, control, **kw):
+        STOP["in_loop"] = False
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -53,6 +60,9 @@ class RunRecorder(TrainerCallback):
     STATUS_EVERY_S = 2.0  # status.json is for pollers; rewriting it every step cost ~6% of a small step
 
     def on_step_end(self, args, state, control, **kw):
+        if STOP["requested"]:  # a cancel: save a checkpoint at this step, then leave the loop
+            control.should_save = True
+            control.should_training_stop = True
         if not state.is_world_process_zero or self.nan_step is not None:
             return
         done = state.global_step

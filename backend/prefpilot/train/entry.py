@@ -1,5 +1,6 @@
 """`python -m prefpilot.train.entry CONFIG --run-dir DIR [--resume]`: what `accelerate launch` and the run manager start."""
 import argparse
+import signal
 import sys
 
 from ..config import load_config
@@ -14,14 +15,33 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--max-bad-rows", type=int, default=0)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--log-stderr", action="store_true",
+                    help="log to stderr instead of train.log (the run manager points stderr at train.log)")
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         train(load_config(a.config), a.run_dir, resume=a.resume, max_bad_rows=a.max_bad_rows,
-              progress=a.progress or None)
+              progress=a.progress or None, log_file=not a.log_stderr)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("prefpilot: cancelled", file=sys.stderr)
+        return 130
     return 0
+
+
+def _on_sigterm(signum, frame):
+    """First SIGTERM inside the training loop: finish the step, checkpoint, stop (state cancelled).
+
+    Outside the loop (loading data or the model), or on a second SIGTERM: stop now.
+    """
+    from .callbacks import STOP
+    if STOP["in_loop"] and not STOP["requested"]:
+        STOP["requested"] = True
+        print("prefpilot: stop requested; saving a checkpoint after this step", file=sys.stderr, flush=True)
+        return
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .. import rundir
+from ..rundir import last_checkpoint
 from ..config.estimate import estimate_memory
 from ..config.normalize import PREFPILOT_KEYS
 from ..config.validate import schema, validate
@@ -97,22 +98,15 @@ def simpo_trainer_class():
 
 
 # ----------------------------------------------------------------------------- the run
-def _setup_logging(run_dir: Path, main_process: bool) -> None:
+def _setup_logging(run_dir: Path, main_process: bool, log_file: bool = True) -> None:
     if not main_process:
         return
-    handler = logging.FileHandler(run_dir / "train.log")
+    # The run manager already points this process's stderr at train.log: a second handler would double lines.
+    handler = logging.FileHandler(run_dir / "train.log") if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("prefpilot", "transformers", "trl", "peft", "accelerate"):
         logging.getLogger(name).addHandler(handler)
     logging.getLogger("prefpilot").setLevel(logging.INFO)
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest *complete* checkpoint: a kill while saving leaves one without trainer_state.json (written last)."""
-    cks = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                 key=lambda p: int(p.name.split("-")[-1]))
-    complete = [p for p in cks if (p / "trainer_state.json").is_file()]
-    return complete[-1] if complete else None
 
 
 def _is_main() -> bool:
@@ -120,7 +114,7 @@ def _is_main() -> bool:
 
 
 def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_rows: int = 0,
-          progress: bool | None = None, callbacks: list | None = None) -> dict:
+          progress: bool | None = None, callbacks: list | None = None, log_file: bool = True) -> dict:
     """Validate, check data, load the model, train, save. Returns the final status dict."""
     run_dir = Path(run_dir)
     main = _is_main()
@@ -132,7 +126,7 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
             rundir.update_status(run_dir, state="failed", error=f"invalid config: {msg}")
         raise PrefpilotError(f"invalid config (nothing was loaded): {msg}", code="invalid_config")
     cfg = dict(report["normalized"])
-    _setup_logging(run_dir, main)
+    _setup_logging(run_dir, main, log_file)
     try:
         # Data first: a bad row must never cost a model load.
         from .data import load_splits
@@ -223,6 +217,15 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     if recorder.nan_step is not None:
         raise PrefpilotError(f"non-finite loss (NaN/inf) at step {recorder.nan_step}: training stopped; see the diagnosis "
                              "(lower learning_rate, check the data, use fp32/bf16 instead of fp16)", code="nan_loss")
+    from .callbacks import STOP
+    if STOP["requested"]:
+        ck = last_checkpoint(run_dir)
+        if main:
+            log.info("cancelled at step %d; checkpoint %s kept", trainer.state.global_step, ck)
+            return rundir.update_status(run_dir, state="cancelled", error="cancelled by request",
+                                        step=trainer.state.global_step, finished_at=rundir.now(),
+                                        checkpoint=str(ck) if ck else None)
+        return {}
     trainer.save_model(str(run_dir / "final"))
     if main:
         tok.save_pretrained(str(run_dir / "final"))

@@ -1,0 +1,227 @@
+"""The run manager: detached training processes under one runs root.
+
+Light (no torch): training runs in its own process (``python -m prefpilot.train.entry``),
+started in a new session so it outlives the caller (the CLI or the MCP server).
+Everything about a run lives in its directory ``<root>/<run_id>/`` (see rundir.py);
+the manager writes nowhere else, and reading a run's state needs nothing but that
+directory, so status is right after the caller restarts.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from . import rundir
+from .errors import PrefpilotError
+
+RUN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,95}$")
+ACTIVE = ("queued", "running")
+
+
+def runs_root(root: str | Path | None = None) -> Path:
+    return Path(root or os.environ.get("PREFPILOT_RUNS") or "runs").resolve()
+
+
+def check_run_id(run_id) -> str:
+    """Run ids are file names we generate; anything else (paths, dots, spaces) is refused."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise PrefpilotError(f"run id {str(run_id)[:80]!r} is not valid: run ids look like "
+                             "'20261122-101500-dpo-smollm2-135m-instruct-a1b2c3' (see `prefpilot runs list`)",
+                             code="bad_run_id")
+    return run_id
+
+
+def run_path(run_id: str, root: str | Path | None = None, *, must_exist: bool = True) -> Path:
+    d = runs_root(root) / check_run_id(run_id)
+    if must_exist and not (d / "status.json").is_file():
+        raise PrefpilotError(f"no run {run_id!r} under {runs_root(root)} (see `prefpilot runs list`)",
+                             code="unknown_run")
+    return d
+
+
+def new_run_id(config: dict) -> str:
+    model = str(config.get("model_name_or_path", "model")).rstrip("/").split("/")[-1].lower()
+    model = re.sub(r"[^a-z0-9]+", "-", model).strip("-")[:32] or "model"
+    method = config.get("method", "dpo") if config.get("method") in ("dpo", "simpo") else "dpo"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{model}-{secrets.token_hex(3)}"
+
+
+# ----------------------------------------------------------------------------- processes
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) from /proc, or None where there is no /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], fields[19]
+
+
+def pid_alive(pid, started: str | None = None) -> bool:
+    """Is this the process we started? Zombies and a reused pid count as dead."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else: then it cannot be ours unless the start time matches
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    state, start = stat
+    return state not in ("Z", "X") and (started is None or start == started)
+
+
+def _spawn(run_dir: Path, args: list[str]) -> dict:
+    """Start ``python -m prefpilot.train.entry`` detached; its stdout/stderr go to train.log."""
+    argv = [sys.executable, "-m", "prefpilot.train.entry", str(run_dir / "config.yaml"), "--run-dir", str(run_dir),
+            "--log-stderr", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / "train.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=run_dir, env=env, start_new_session=True)  # own session: survives the caller
+    # Reap it when it exits so a long-lived caller (the MCP server) does not keep a zombie.
+    threading.Thread(target=proc.wait, daemon=True).start()
+    stat = _proc_stat(proc.pid)
+    return {"pid": proc.pid, "pid_started": stat[1] if stat else None}
+
+
+def _absolutise_paths(config: dict) -> dict:
+    """The trainer runs in the run dir: make local dataset/model paths absolute first."""
+    cfg = dict(config)
+    for key in ("dataset_path", "model_name_or_path", "dataset_name"):
+        v = cfg.get(key)
+        if isinstance(v, str) and not v.startswith("builtin:") and Path(v).exists():
+            cfg[key] = str(Path(v).resolve())
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the API
+def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_rows: int = 0) -> str:
+    """Validate, create the run dir, start training detached; returns the run id at once."""
+    from .config.validate import validate
+    report = validate(config)
+    if not report["valid"]:
+        msg = "; ".join(f"{e['path'] or '/'}: {e['message']}" for e in report["errors"])
+        raise PrefpilotError(f"invalid config, nothing was started: {msg}", code="invalid_config", details=report)
+    root = runs_root(runs_root_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = _absolutise_paths(config)
+    for _ in range(10):
+        run_id = new_run_id(report["normalized"])
+        d = root / run_id
+        try:
+            d.mkdir()  # never share a directory: a collision just draws a new id
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 10 collisions of 24 random bits in the same second
+        raise PrefpilotError(f"could not create a new run dir under {root}", code="run_dir_collision")
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())
+    args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
+    rundir.update_status(d, **_spawn(d, args))
+    return run_id
+
+
+def status(run_id: str, root: str | Path | None = None) -> dict:
+    """State, progress, ETA, last metrics and error; a dead process left 'running' becomes failed."""
+    d = run_path(run_id, root)
+    st = rundir.read_status(d)
+    # No pid yet = launch() is between creating the dir and starting the process.
+    if st.get("state") in ACTIVE and st.get("pid") is not None and not pid_alive(st.get("pid"), st.get("pid_started")):
+        time.sleep(0.05)
+        st = rundir.read_status(d)  # it may have written its final state as it exited
+        if st.get("state") in ACTIVE:
+            tail = rundir.tail_lines(d / "train.log", 20)
+            st = rundir.update_status(
+                d, state="failed", finished_at=rundir.now(), log_tail=tail,
+                error=f"the training process (pid {st.get('pid')}) ended without writing a final state "
+                      "(killed, out of memory, or crashed); see log_tail / `prefpilot runs logs`")
+    out = {"run_id": run_id, "run_dir": str(d), "alive": st.get("state") in ACTIVE, **st,
+           "last_metrics": rundir.last_metrics(d)}
+    if out.get("state") in ("failed", "cancelled"):
+        ck = rundir.last_checkpoint(d)
+        out["checkpoint"] = str(ck) if ck else None
+        out.setdefault("log_tail", rundir.tail_lines(d / "train.log", 20))
+    return out
+
+
+def list_runs(root: str | Path | None = None) -> list[dict]:
+    """Every run under the root, newest first, with its state and progress."""
+    base = runs_root(root)
+    out = []
+    if base.is_dir():
+        for d in base.iterdir():
+            if RUN_ID.match(d.name) and (d / "status.json").is_file():
+                s = status(d.name, base)
+                out.append({k: s.get(k) for k in ("run_id", "state", "method", "step", "total_steps", "percent",
+                                                  "created_at", "error")})
+    return sorted(out, key=lambda r: r.get("created_at") or "", reverse=True)
+
+
+def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0) -> dict:
+    """SIGTERM (the trainer checkpoints and stops after the current step), then SIGKILL after ``grace`` s."""
+    d = run_path(run_id, root)
+    st = status(run_id, root)
+    if st["state"] not in ACTIVE:
+        return {**st, "note": f"nothing to cancel: the run is {st['state']}"}
+    pid, started = st.get("pid"), st.get("pid_started")
+
+    def signal_group(sig):
+        try:
+            os.killpg(pid, sig)  # the trainer leads its own session; its children die with it
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    signal_group(signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and pid_alive(pid, started):
+        time.sleep(0.2)
+    killed = pid_alive(pid, started)
+    if killed:
+        signal_group(signal.SIGKILL)
+        end = time.time() + 10
+        while time.time() < end and pid_alive(pid, started):
+            time.sleep(0.1)
+    if rundir.read_status(d).get("state") in ACTIVE:
+        rundir.update_status(d, state="cancelled", finished_at=rundir.now(),
+                             error="cancelled by request" + (" (killed after the grace period)" if killed else ""))
+    return status(run_id, root)
+
+
+def resume(run_id: str, root: str | Path | None = None) -> dict:
+    """Restart a failed or cancelled run from its last complete checkpoint (or from the start if none)."""
+    d = run_path(run_id, root)
+    st = status(run_id, root)
+    if st["state"] in ACTIVE:
+        raise PrefpilotError(f"run {run_id} is still {st['state']}: cancel it first", code="run_active")
+    if st["state"] == "completed":
+        raise PrefpilotError(f"run {run_id} already completed; launch a new run to train further",
+                             code="run_completed")
+    ck = rundir.last_checkpoint(d)
+    rundir.update_status(d, state="queued", error=None, log_tail=None, finished_at=None, resumed_at=rundir.now(),
+                         resumed_from=str(ck) if ck else None)
+    rundir.update_status(d, **_spawn(d, ["--resume"]))
+    return status(run_id, root)
+
+
+def logs(run_id: str, root: str | Path | None = None, tail: int = 50) -> str:
+    d = run_path(run_id, root)
+    if not isinstance(tail, int) or not 1 <= tail <= 10000:
+        raise PrefpilotError("tail must be a whole number from 1 to 10000", code="bad_tail")
+    return "\n".join(rundir.tail_lines(d / "train.log", tail))
