@@ -271,3 +271,13 @@ def test_cli_plan_writes_a_valid_config(tmp_path):
                 "--num-gpus", "8", "-o", str(out))
     assert p.returncode == 0 and "simpo-gemma2-9b-it" in p.stdout
     assert run_cli("validate", str(out)).returncode == 0
+
+
+def test_normalised_simpo_config_validates_again_and_keeps_hinge():
+    # a run dir's config.yaml is the normalised config; resume validates it a second time
+    first = validate({"method": "simpo", "loss_type": "hinge", "model_name_or_path": "m", "dataset_path": "d.jsonl"},
+                     complete=False)
+    again = validate(first["normalized"], complete=False)
+    assert again["valid"], again["errors"]
+    assert again["normalized"]["simpo_loss"] == "hinge" and again["normalized"]["loss_type"] == "simpo"
+    assert again["normalized"]["simpo_gamma"] == first["normalized"]["simpo_gamma"]

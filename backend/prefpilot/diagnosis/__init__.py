@@ -122,4 +122,21 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
             "summary": summary, "parsed": info}
 
 
-__all__ = ["diagnose", "load_history", "History", "catalogue"]
+def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=None, gamma=None, plot=None) -> dict:
+    """What the CLI and the MCP tool call: read a path (run dir or file) or text, diagnose, optionally plot.
+
+    ``plot``: a PNG path or a binary file object; the report gets ``plot`` set to the path when one was written.
+    """
+    if config is None and is_path:
+        config = run_config_near(source)
+    hist = load_history(Path(source) if is_path else source, beta=beta or (config or {}).get("beta"))
+    report = diagnose(hist, method=method, config=config, beta=beta, gamma=gamma)
+    if plot is not None:
+        from .plot import plot as draw
+        written = draw(hist, report, plot)
+        if written is not None:
+            report["plot"] = str(written)
+    return report
+
+
+__all__ = ["diagnose", "diagnose_source", "load_history", "History", "catalogue"]

@@ -10,13 +10,15 @@ PANELS = (("rewards/margins", "margin"), ("rewards/accuracies", "accuracy"),
           (("logps/chosen", "logps/rejected"), "log-prob"), ("loss", "loss"))
 
 
-def plot(hist: History, report: dict, out: str | Path) -> Path:
+def plot(hist: History, report: dict, out) -> Path | None:
+    """Write the PNG to ``out`` (a path, or a binary file object such as BytesIO)."""
     import matplotlib
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, (str, Path)):
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     for ax, (keys, label) in zip(axes.flat, PANELS):
         for key in (keys if isinstance(keys, tuple) else (keys,)):
@@ -37,6 +39,6 @@ def plot(hist: History, report: dict, out: str | Path) -> Path:
     ids = ", ".join(f"{f['id']} ({f['severity']})" for f in report["findings"]) or "no findings"
     fig.suptitle(f"{report['method'].upper()} run, {report['steps']} steps: {ids}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=90, format="png")
     plt.close(fig)
-    return out
+    return out if isinstance(out, Path) else None

@@ -1,0 +1,384 @@
+"""prefpilot's MCP server: the agent's way in (official `mcp` SDK, MCPServer API).
+
+Every tool is a thin adapter over a function the CLI calls too; the logic lives in
+skills.py, config/, plan.py, runs.py, diagnosis/ and explain.py. This process never
+imports torch: training runs in its own process (runs.py). Paths from agents are
+confined to the workspace (workspace.py); errors become tool errors with a message,
+never a traceback.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import json
+import logging
+import sys
+from typing import Annotated, Any, Literal
+
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+
+from .errors import PrefpilotError
+from .workspace import Workspace
+
+log = logging.getLogger("prefpilot.mcp")
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# ----------------------------------------------------------------------------- output schemas
+class SkillInfo(TypedDict):
+    name: str
+    version: str
+    description: str
+    files: list[str]
+
+
+class Finding(TypedDict):
+    path: str
+    code: str
+    message: str
+    suggestion: str | None
+
+
+class ValidationReport(TypedDict, total=False):
+    valid: bool
+    method: str
+    errors: list[Finding]
+    warnings: list[Finding]
+    normalized: dict[str, Any]
+    estimate: dict[str, Any]
+    hardware: dict[str, Any]
+    notes: list[str]
+
+
+class PlanResult(TypedDict):
+    config: dict[str, Any]
+    rationale: list[str]
+    memory_savers: list[dict[str, Any]]
+    estimate: dict[str, Any]
+    table_row: dict[str, Any]
+    hardware: dict[str, Any]
+    warnings: list[Any]
+
+
+class LaunchResult(TypedDict, total=False):
+    run_id: str | None
+    run_dir: str | None
+    state: str
+    dry_run: bool
+    report: ValidationReport
+    next: str
+
+
+class RunStatus(TypedDict, total=False):
+    run_id: str
+    run_dir: str
+    state: str
+    alive: bool
+    step: int | None
+    total_steps: int | None
+    percent: float | None
+    eta_seconds: float | None
+    error: str | None
+    last_metrics: dict[str, Any] | None
+    checkpoint: str | None
+    log_tail: list[str] | None
+    method: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    note: str
+
+
+class RunSummary(TypedDict, total=False):
+    run_id: str
+    state: str | None
+    method: str | None
+    step: int | None
+    total_steps: int | None
+    percent: float | None
+    created_at: str | None
+    error: str | None
+
+
+class Remedy(TypedDict):
+    change: dict[str, Any]
+    why: str
+
+
+class DiagnosisFinding(TypedDict):
+    id: str
+    severity: Literal["error", "warning", "info"]
+    steps: list[float] | None
+    evidence: dict[str, Any]
+    explanation: str
+    remedies: list[Remedy]
+
+
+class Diagnosis(TypedDict, total=False):
+    method: str
+    steps: int
+    healthy: bool
+    findings: list[DiagnosisFinding]
+    summary: str
+    parsed: dict[str, Any]
+    plot: str
+
+
+class LossExplanation(TypedDict):
+    loss_type: str
+    method: str
+    heading: str
+    formula: str | None
+    formula_tag: str
+    explanation: str
+    config_examples: list[str]
+    starting_hyperparameters: list[dict[str, Any]]
+    typical_ranges: dict[str, Any]
+    source_file: str
+
+
+# ----------------------------------------------------------------------------- helpers
+def tool_errors(fn):
+    """PrefpilotError (and bad-input errors) become tool errors an agent can act on; crashes get a short message."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ToolError:
+            raise
+        except PrefpilotError as exc:
+            raise ToolError(f"{exc} [{exc.code}]") from None
+        except (ValueError, TypeError, OSError) as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # logged with its traceback on the server's stderr, never sent
+            log.exception("tool %s crashed", fn.__name__)
+            raise ToolError(f"internal error in {fn.__name__} ({type(exc).__name__}: {exc}); "
+                            "the server log has details") from None
+    return wrapper
+
+
+def _one_config(config: dict | None, yaml_text: str | None) -> dict:
+    if (config is None) == (yaml_text is None):
+        raise PrefpilotError("pass exactly one of `config` (an object) or `yaml` (YAML text)", code="bad_arguments")
+    if yaml_text is not None:
+        from .config.load import parse_config_text
+        return parse_config_text(yaml_text, "yaml argument")
+    if not isinstance(config, dict):
+        raise PrefpilotError("config must be an object of TRL/prefpilot keys", code="not_a_mapping")
+    return config
+
+
+def _json_safe(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ----------------------------------------------------------------------------- the server
+INSTRUCTIONS = """prefpilot plans, validates, runs and diagnoses DPO and SimPO preference optimisation (TRL).
+Typical loop: plan_run -> validate_config -> launch_run -> run_status (poll) -> diagnose_run.
+explain_loss and read_skill explain loss types and hyperparameters; every value has a source.
+Paths must lie inside the server's workspace; runs live under its runs root."""
+
+
+def build_server(ws: Workspace) -> MCPServer:
+    from . import __version__
+    mcp = MCPServer(name="prefpilot", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+
+    # -- skills
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def list_skills() -> list[SkillInfo]:
+        """List the bundled skills (DPO/TRL training, SimPO, reward-margin diagnostics) with their files.
+
+        Read one with read_skill(name, file) or the resource skill://{name}/{file}."""
+        from .skills import list_skills as _list
+        return _list()
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def read_skill(name: str, file: str = "SKILL.md") -> str:
+        """Return the Markdown of one skill file, e.g. name="simpo", file="references/debugging.md".
+
+        Only files listed by list_skills can be read."""
+        from .skills import read_skill as _read
+        return _read(name, file)
+
+    # -- config
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def validate_config(config: dict[str, Any] | None = None, yaml: str | None = None) -> ValidationReport:
+        """Check a run config before spending compute: unknown/removed keys, types, ranges, TRL's own refusals,
+        and a memory estimate for the hardware. Pass the config as an object or as YAML text (a TRL CLI
+        config works unchanged; add `method: simpo` for SimPO). Returns valid, errors and warnings
+        (each with path, code, message, suggestion), the normalised config and the estimate."""
+        from .config.validate import validate
+        return _json_safe(validate(ws.confine_config(_one_config(config, yaml))))
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def plan_run(method: Literal["dpo", "simpo"] = "dpo", model: str = DEFAULT_MODEL,
+                 gpu_memory_gb: float | None = None, num_gpus: int | None = None, dataset_size: int | None = None,
+                 dataset_path: str = "builtin:arith-prefs", max_length: int = 1024) -> PlanResult:
+        """Plan a complete run config from the published hyperparameter tables for this model and hardware
+        (default: this machine). Returns the config (ready for launch_run), the rationale for every choice,
+        memory savers applied and the memory estimate. gpu_memory_gb is per GPU."""
+        from .plan import plan
+        if dataset_path and not dataset_path.startswith("builtin:"):
+            dataset_path = str(ws.confine(dataset_path, "dataset_path"))
+        return _json_safe(plan(method=method, model=model, gpu_memory_gb=gpu_memory_gb, num_gpus=num_gpus,
+                               dataset_size=dataset_size, dataset_path=dataset_path, max_length=max_length))
+
+    # -- runs
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                                          open_world_hint=False))
+    @tool_errors
+    def launch_run(config: dict[str, Any] | None = None, yaml: str | None = None, dry_run: bool = False) -> LaunchResult:
+        """Validate a config and start training in the background; returns run_id at once.
+
+        An invalid config is refused with the validator's errors. dry_run=true only validates.
+        Follow with run_status(run_id); the run keeps going if this server restarts."""
+        from . import runs
+        from .config.validate import validate
+        cfg = ws.confine_config(_one_config(config, yaml))
+        report = _json_safe(validate(cfg))
+        if not report["valid"]:
+            lines = "; ".join(f"{e['path'] or '/'} [{e['code']}]: {e['message']}"
+                              + (f" ({e['suggestion']})" if e.get("suggestion") else "") for e in report["errors"])
+            raise ToolError(f"invalid config, nothing was started: {lines}")
+        if dry_run:
+            return {"run_id": None, "run_dir": None, "state": "not started", "dry_run": True, "report": report,
+                    "next": "call launch_run again without dry_run to start it"}
+        run_id = runs.launch(cfg, ws.runs_root)
+        st = runs.status(run_id, ws.runs_root)
+        return {"run_id": run_id, "run_dir": st["run_dir"], "state": st["state"], "dry_run": False,
+                "report": report, "next": f"poll run_status('{run_id}'); diagnose_run('{run_id}') when done"}
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def run_status(run_id: str) -> RunStatus:
+        """State (queued/running/completed/failed/cancelled), step/total, percent, ETA, last logged metrics and
+        error of a run. A process that died without a final state is reported failed with its log tail."""
+        from . import runs
+        return _json_safe(runs.status(run_id, ws.runs_root))
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def list_runs() -> list[RunSummary]:
+        """All runs under the runs root, newest first, with state and progress."""
+        from . import runs
+        return _json_safe(runs.list_runs(ws.runs_root))
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
+                                          open_world_hint=False))
+    @tool_errors
+    def cancel_run(run_id: str, grace_seconds: float = 60.0) -> RunStatus:
+        """Stop a running run: it saves a checkpoint after the current step and ends as cancelled (killed after
+        grace_seconds if it does not stop). The checkpoint is kept; resume with the CLI `prefpilot runs resume`."""
+        from . import runs
+        if not 0 <= grace_seconds <= 600:
+            raise PrefpilotError("grace_seconds must be between 0 and 600", code="bad_arguments")
+        return _json_safe(runs.cancel(run_id, ws.runs_root, grace=grace_seconds))
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def run_logs(run_id: str, tail: int = 50) -> str:
+        """The last `tail` lines (1-10000) of a run's train.log."""
+        from . import runs
+        return runs.logs(run_id, ws.runs_root, tail=tail)
+
+    # -- diagnosis
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def diagnose_run(run_id: str | None = None, metrics_path: str | None = None,
+                     method: Literal["dpo", "simpo"] | None = None, plot: bool = True
+                     ) -> Annotated[CallToolResult, Diagnosis]:
+        """Find reward-margin pathologies (no learning, negative margins, margin explosion, likelihood
+        displacement, eval divergence, NaN, gradient spikes, SimPO margin below γ, too-high learning rate) in a
+        run (run_id) or a metrics file inside the workspace (metrics.jsonl, trainer_state.json, CSV/TSV or a
+        console log). Each finding has evidence, an explanation and remedies as config changes that
+        validate. With plot=true the curves come back as a PNG image."""
+        from . import runs
+        from .diagnosis import diagnose_source
+        if (run_id is None) == (metrics_path is None):
+            raise PrefpilotError("pass exactly one of run_id or metrics_path", code="bad_arguments")
+        path = runs.run_path(run_id, ws.runs_root) if run_id else ws.confine(metrics_path, "metrics_path")
+        if not path.exists():
+            raise PrefpilotError(f"metrics_path {metrics_path!r}: no such file or directory", code="not_found")
+        png = io.BytesIO() if plot else None
+        report = _json_safe(diagnose_source(str(path), is_path=True, method=method, plot=png))
+        content = [TextContent(type="text", text=json.dumps(report, indent=1))]
+        if png is not None:
+            content.append(ImageContent(type="image", mime_type="image/png",
+                                        data=base64.b64encode(png.getvalue()).decode()))
+        return CallToolResult(content=content, structured_content=report)
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    def explain_loss(loss_type: str, method: Literal["dpo", "simpo"] | None = None) -> LossExplanation:
+        """Explain a loss type: formula (a Python expression per pair, tested against TRL), when to use it,
+        config examples and starting hyperparameters with their sources. DPO types are TRL's DPOTrainer
+        loss_type values (sigmoid, ipo, hinge, robust, apo_zero, ...); SimPO has sigmoid and hinge."""
+        from .explain import explain_loss as _explain
+        return _explain(loss_type, method)
+
+    # -- resources: every bundled skill file, plus a template for any of them
+    from .skills import list_skills as _list_skills, read_skill as _read_skill
+    def file_reader(name: str, file: str):
+        def read() -> str:
+            return _read_skill(name, file)
+        return read
+
+    for skill in _list_skills():
+        for f in skill["files"]:
+            mcp.resource(f"skill://{skill['name']}/{f}", name=f"{skill['name']}/{f}",
+                         mime_type="text/markdown" if f.endswith(".md") else "text/plain",
+                         description=skill["description"][:200] if f == "SKILL.md" else None)(file_reader(skill["name"], f))
+
+    @mcp.resource("skill://{name}/{+path}", mime_type="text/markdown")
+    def skill_file(name: str, path: str) -> str:
+        """Any file of a bundled skill, e.g. skill://simpo/references/debugging.md."""
+        try:
+            return _read_skill(name, path)
+        except PrefpilotError as exc:
+            raise ValueError(str(exc)) from None
+
+    # -- prompt
+    @mcp.prompt(name="plan-preference-run")
+    def plan_preference_run(goal: str, model: str = DEFAULT_MODEL, method: str = "dpo") -> str:
+        """Walk through plan -> validate -> launch -> watch -> diagnose for a preference-optimisation run."""
+        return f"""You are setting up a {method.upper()} preference-optimisation run with prefpilot.
+Goal: {goal}
+Model: {model}
+
+1. Call explain_loss("{'simpo' if method == 'simpo' else 'sigmoid'}", method="{method}") if the user needs the loss explained;
+   read_skill("preference-diagnostics") tells you what healthy curves look like.
+2. Call plan_run(method="{method}", model="{model}", dataset_path=..., dataset_size=...) with the user's
+   hardware (gpu_memory_gb per GPU, num_gpus). Show the rationale; change only what the user asks.
+3. Call validate_config(config=<the planned or edited config>). Fix every error (each has a suggestion)
+   and explain any warning to the user before going on.
+4. Call launch_run(config=...) and note the run_id. Poll run_status(run_id) every minute or so; report
+   step/total, ETA and the last loss and rewards/margins. Use run_logs(run_id) if it fails.
+5. When it completes (or looks wrong mid-run), call diagnose_run(run_id). Report each finding with its
+   evidence; propose its remedies as config changes, validate the changed config, and relaunch only
+   if the user agrees. cancel_run(run_id) stops a run and keeps its checkpoint."""
+
+    return mcp
+
+
+def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, workspace=None, runs_root=None,
+          allow_remote_code: bool = False) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,  # stdout is the protocol channel on stdio
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ws = Workspace.create(workspace, runs_root, allow_remote_code)
+    server = build_server(ws)
+    if transport == "stdio":
+        server.run("stdio")
+    else:
+        server.run("streamable-http", host=host, port=port)
+    return 0

@@ -1,0 +1,72 @@
+"""Confine the paths an agent passes to the roots the server was started with.
+
+Pure logic, used by the MCP server (the CLI trusts its user). A path is resolved
+(symlinks followed, ``..`` collapsed, relative to the workspace) and must land inside
+one of the roots; hub ids such as ``trl-lib/ultrafeedback_binarized`` are not paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PrefpilotError
+
+# Config keys that name local files or directories when they are not hub ids.
+PATH_KEYS = ("dataset_path", "dataset_name", "model_name_or_path", "output_dir", "tokenizer_name_or_path")
+ALWAYS_LOCAL = ("output_dir",)
+
+
+@dataclass
+class Workspace:
+    root: Path
+    runs_root: Path
+    allow_remote_code: bool = False
+    extra_roots: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, root=None, runs_root=None, allow_remote_code=False) -> "Workspace":
+        ws = Path(root or ".").expanduser().resolve()
+        runs = Path(runs_root).expanduser() if runs_root else ws / "runs"
+        runs = (runs if runs.is_absolute() else ws / runs).resolve()
+        return cls(ws, runs, allow_remote_code)
+
+    @property
+    def roots(self) -> list[Path]:
+        return [self.root, self.runs_root, *self.extra_roots]
+
+    def confine(self, value, what: str) -> Path:
+        """The resolved path, or an error that says which argument escaped and where it may point."""
+        if not isinstance(value, str) or not value.strip() or "\x00" in value:
+            raise PrefpilotError(f"{what}: expected a path (a non-empty string)", code="bad_path")
+        p = Path(value).expanduser()
+        real = (p if p.is_absolute() else self.root / p).resolve()
+        if not any(real == r or r in real.parents for r in self.roots):
+            raise PrefpilotError(f"{what} {value!r} resolves to {real}, outside the workspace ({self.root}"
+                                 f"{'' if self.runs_root.is_relative_to(self.root) else ', ' + str(self.runs_root)}"
+                                 "): pass a path inside it, or start the server with --workspace",
+                                 code="path_outside_workspace")
+        return real
+
+    def _is_local(self, value: str, key: str) -> bool:
+        if key in ALWAYS_LOCAL:
+            return True
+        if value.startswith("builtin:"):
+            return False
+        p = Path(value).expanduser()
+        return (p.is_absolute() or value.startswith((".", "~")) or ".." in p.parts
+                or (self.root / p).exists() or p.suffix in (".jsonl", ".json", ".csv", ".parquet", ".tsv"))
+
+    def confine_config(self, config: dict) -> dict:
+        """A copy of ``config`` with local paths made absolute inside the workspace; refuses escapes and remote code."""
+        if not isinstance(config, dict):
+            raise PrefpilotError("config must be a mapping of TRL/prefpilot keys", code="not_a_mapping")
+        cfg = dict(config)
+        if cfg.get("trust_remote_code") and not self.allow_remote_code:
+            raise PrefpilotError("trust_remote_code: refused — this server runs no code downloaded with a model. "
+                                 "Remove the key, or restart the server with --allow-remote-code",
+                                 code="remote_code_refused")
+        for key in PATH_KEYS:
+            v = cfg.get(key)
+            if isinstance(v, str) and v and self._is_local(v, key):
+                cfg[key] = str(self.confine(v, key))
+        return cfg
