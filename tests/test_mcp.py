@@ -8,7 +8,6 @@ import sys
 import time
 from contextlib import contextmanager
 
-import anyio
 import pytest
 import yaml
 from anyio.from_thread import start_blocking_portal
