@@ -36,11 +36,11 @@ def timed(cmd) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skills", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_bundle(tmp / "bundle", args.skills)

@@ -97,12 +97,12 @@ def measure(kind, method, gc, steps, model) -> dict:
         return json.loads(Path(f.name).read_text())
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--child", nargs=6)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.child:
         kind, method, gc, steps, model, out = a.child
         return child(kind, method, gc == "1", int(steps), model, out)

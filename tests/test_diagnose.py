@@ -30,7 +30,8 @@ CASES = [
     ("chance_accuracy", lambda: H.chance(level=0.5), lambda: H.chance(level=0.75), "dpo"),
     ("negative_margin", lambda: H.negative(depth=1.5), lambda: H.negative(depth=0.03), "dpo"),
     ("margin_explosion", lambda: H.exploding(top=40), lambda: H.exploding(top=3), "dpo"),
-    ("margin_explosion", lambda: H.pinned(from_t=0.1), lambda: H.pinned(from_t=0.5), "dpo"),
+    ("margin_explosion", lambda: H.pinned(H.exploding(top=8), from_t=0.1), lambda: H.pinned(H.exploding(top=8),
+                                                                                             from_t=0.5), "dpo"),
     ("likelihood_displacement", lambda: H.displaced(drop=40), lambda: H.displaced(drop=4), "dpo"),
     ("likelihood_displacement", lambda: H.set_series(H.healthy(method="simpo"), "logps/chosen",
                                                       lambda t, i, v: -1.0 - 0.8 * t),
@@ -77,6 +78,13 @@ def test_single_grad_spike_is_info_and_still_healthy():
     (f,) = report["findings"]
     assert f["id"] == "grad_spike" and f["severity"] == "info" and report["healthy"]
     assert f["steps"] == [50, 50] and f["evidence"]["worst_ratio_to_median"] > 10
+
+
+def test_pinned_accuracy_with_levelled_margin_is_info():
+    report = diagnose(H.pinned(from_t=0.1), config=DPO_CFG)  # healthy margins level off
+    (f,) = report["findings"]
+    assert f["id"] == "margin_explosion" and f["severity"] == "info" and report["healthy"]
+    assert f["evidence"]["margin_growth_since_half"] < 1.5
 
 
 def test_nan_reports_first_step_and_fp16_fix():

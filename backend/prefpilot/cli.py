@@ -302,6 +302,14 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    result = run_demo(method=args.method, target=args.target, steps=args.steps, eval_pairs=args.eval_pairs,
+                      runs_root=args.runs_root)
+    ev = result["evaluation"]
+    return 0 if ev["after"][result["metric"]] >= ev["before"][result["metric"]] else 4
+
+
 def cmd_mcp(args) -> int:
     from .mcp_server import serve
     return serve(transport=args.transport, host=args.host, port=args.port, workspace=args.workspace,
@@ -396,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="SimPO target margin γ (simpo_gamma)")
     p.add_argument("--root", help="runs root for run ids (default $PREFPILOT_RUNS or ./runs)")
 
+    p = sub.add_parser("demo", help="the whole loop on SmolLM2-135M: sync, plan, validate, train, diagnose, evaluate")
+    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo")
+    p.add_argument("--target", help="skills directory to sync into (default: a new temp dir)")
+    p.add_argument("--steps", type=int, help="training steps (default 40)")
+    p.add_argument("--eval-pairs", type=int, help="held-out pairs to evaluate (default all 48)")
+    p.add_argument("--runs-root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
+
     p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
     p.add_argument("loss_type")
     p.add_argument("--method", choices=["dpo", "simpo"])
@@ -434,7 +449,7 @@ def main(argv=None) -> int:
     try:
         return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
                 "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose,
-                "explain": cmd_explain, "mcp": cmd_mcp}[args.cmd](args)
+                "explain": cmd_explain, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {exc}", file=sys.stderr)
         return 1

@@ -51,6 +51,36 @@ def arithmetic(rng: random.Random, n: int):
     return out
 
 
+# tone-prefs: a direct answer is preferred over a dismissive non-answer. Train and test use disjoint
+# prompts *and* disjoint non-answer phrasings, so held-out accuracy measures a learnt preference, not recall.
+DISMISSIVE_TRAIN = ["I don't know.", "Why don't you look it up yourself?", "That's not my problem.",
+                    "Figure it out on your own.", "I'd rather not answer that.", "Ask someone else.",
+                    "No idea, sorry.", "Whatever. It doesn't matter."]
+DISMISSIVE_TEST = ["Not sure, go search the web.", "I can't be bothered with this question.",
+                   "Look, I have no clue.", "You should know this already."]
+
+
+def tone(rng: random.Random, arith_rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    questions = [(q, c) for q, c, _ in FACTS] + [(r["prompt"].replace(" Answer with the number only.", ""),
+                                                  r["chosen"]) for r in arith_rows[:200]]
+    rng.shuffle(questions)
+    test_q, train_q = questions[:48], questions[48:]
+    train = [{"prompt": q, "chosen": c if not c.isdigit() else f"The answer is {c}.",
+              "rejected": rng.choice(DISMISSIVE_TRAIN)} for q, c in train_q]
+    test = [{"prompt": q, "chosen": c if not c.isdigit() else f"The answer is {c}.",
+             "rejected": rng.choice(DISMISSIVE_TEST)} for q, c in test_q]
+    return train, test
+
+
+def write(name: str, train: list[dict], test: list[dict]) -> None:
+    here = Path(__file__).parent
+    for split, part in (("train", train), ("test", test)):
+        with open(here / f"{name}.{split}.jsonl", "w", encoding="utf-8") as fh:
+            for r in part:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"{name}: train {len(train)}, test {len(test)}")
+
+
 def main():
     rng = random.Random(20261122)
     rows = arithmetic(rng, 380)
@@ -62,12 +92,8 @@ def main():
             seen.add(r["prompt"])
             unique.append(r)
     test, train = unique[:64], unique[64:]
-    here = Path(__file__).parent
-    for split, part in (("train", train), ("test", test)):
-        with open(here / f"arith-prefs.{split}.jsonl", "w", encoding="utf-8") as fh:
-            for r in part:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"train {len(train)}, test {len(test)}")
+    write("arith-prefs", train, test)
+    write("tone-prefs", *tone(random.Random(7), unique))
 
 
 if __name__ == "__main__":

@@ -224,19 +224,33 @@ def margin_explosion(ctx: Ctx):
                        "since half-way")
             first_step = steps[n // 2]
     asteps, acc = ctx.finite("rewards/accuracies")
+    severity = None
     if len(acc) >= t["min_points"]:
         cut = int(t["pinned_before_fraction"] * len(acc))
         # the earliest point i from which accuracy stays (almost) always at 1.0; ones[i] = count of 1.0 in acc[i:]
         ones = [0] * (len(acc) + 1)
         for j in range(len(acc) - 1, -1, -1):
             ones[j] = ones[j + 1] + (acc[j] >= 0.999)
+        severity = None
         for i in range(0, max(cut, 1)):
             share = ones[i] / (len(acc) - i)
-            if share >= t["pinned_share"]:
+            if acc[i] >= 0.999 and share >= t["pinned_share"]:
                 ev.update(pinned_from_step=asteps[i], share_at_1=round(share, 3))
-                why.append(f"accuracy is pinned at 1.0 from step {asteps[i]:g}, within the first "
-                           f"{t['pinned_before_fraction']:.0%} of the run")
                 first_step = asteps[i] if first_step is None else min(first_step, asteps[i])
+                growth = None
+                if n >= t["min_points"]:
+                    k = ctx.edge(n)
+                    half = mean(marg[n // 2 - k // 2: n // 2 - k // 2 + k])
+                    growth = mean(marg[-k:]) / half if half > 0 else None
+                    ev["margin_growth_since_half"] = growth
+                if not why and (growth is None or growth < t["pinned_margin_growth"]):
+                    # saturated, not running away: the pairs are easy for this model
+                    severity = "info"
+                    why.append(f"accuracy is 1.0 from step {asteps[i]:g} on, but the margin has levelled off "
+                               "(the pairs are easy for this model; watch held-out metrics)")
+                else:
+                    why.append(f"accuracy is pinned at 1.0 from step {asteps[i]:g} (within the first "
+                               f"{t['pinned_before_fraction']:.0%} of the run) while the margin keeps growing")
                 break
     if not why:
         return None
@@ -249,6 +263,9 @@ def margin_explosion(ctx: Ctx):
     else:
         remedies.append({"change": {"num_train_epochs": 1}, "why": "one pass over the pairs overfits less"})
     last_step = (steps or asteps)[-1]
+    if severity == "info":
+        return finding(ctx, "margin_explosion", [first_step, last_step], ev, "Saturated: " + why[0] + ".",
+                       remedies, severity="info")
     return finding(ctx, "margin_explosion", [first_step, last_step], ev,
                    "Overfitting: " + "; ".join(why) + ". With sigmoid DPO the loss can approach 0 by pushing "
                    "rejected log-probs down without limit.", remedies)

