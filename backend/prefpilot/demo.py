@@ -22,7 +22,7 @@ DATASET = "builtin:tone-prefs"
 DEMO = {
     "dpo": {"max_steps": 40, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
             "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
-    "simpo": {"max_steps": 40, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
+    "simpo": {"max_steps": 40, "learning_rate": 1e-6, "per_device_train_batch_size": 4,
               "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
 }
 
