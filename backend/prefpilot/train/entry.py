@@ -28,7 +28,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("prefpilot: cancelled", file=sys.stderr)
         return 130
+    finally:
+        _shutdown_distributed()
     return 0
+
+
+def _shutdown_distributed() -> None:
+    """Tear down the gloo/NCCL process group before exit: left to interpreter shutdown, its threads can abort
+    a rank ("terminate called without an active exception"), and torchrun then fails the whole run."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _on_sigterm(signum, frame):
