@@ -4,7 +4,8 @@
 
 For each setting a child process trains with prefpilot and reports its peak resident memory (ru_maxrss);
 the parent computes prefpilot's estimate for the same config on this machine. Goal: estimate within 25%
-of the measured peak. The batch is padded to max_length so the activation term matches the setting.
+of the measured peak. The estimate plans for full-length sequences, so the data here is long enough to be
+truncated at max_length (otherwise the batch is only as long as its longest pair).
 """
 import argparse
 import json
@@ -18,11 +19,22 @@ from pathlib import Path
 SETTINGS = {
     "dpo b4 L128": {"method": "dpo", "per_device_train_batch_size": 4, "max_length": 128},
     "dpo b8 L256": {"method": "dpo", "per_device_train_batch_size": 8, "max_length": 256},
-    "simpo b4 L128": {"method": "simpo", "per_device_train_batch_size": 4, "max_length": 128, "beta": 2.0},
+    # SimPO is left out: TRL's CPO truncation keeps the prompt's start, so these long prompts leave empty
+    # completions, whose average log-prob is 0/0 = NaN (prefpilot stops the run at step 1).
 }
-BASE = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "dataset_path": "builtin:arith-prefs",
-        "learning_rate": 1e-6, "save_strategy": "no", "logging_steps": 1, "padding_free": False,
-        "pad_to_multiple_of": None}
+BASE = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "learning_rate": 1e-6,
+        "save_strategy": "no", "logging_steps": 1}
+
+
+def long_pairs(path: Path, n: int = 64) -> Path:
+    """Pairs whose prompt alone exceeds any max_length used here: every sequence is cut at max_length."""
+    words = "the quick brown fox jumps over the lazy dog while counting preference pairs".split()
+    with open(path, "w") as fh:
+        for i in range(n):
+            prompt = " ".join(words[(i + j) % len(words)] for j in range(700))
+            fh.write(json.dumps({"prompt": prompt, "chosen": f"Answer {i} is correct.",
+                                 "rejected": f"Answer {i} is wrong."}) + "\n")
+    return path
 
 
 def child(cfg_json: str, out: str) -> None:
@@ -42,10 +54,11 @@ def main(argv=None) -> dict:
         return child(*a.child)
     from prefpilot.config.validate import validate
     results = {}
+    data = long_pairs(Path(tempfile.mkdtemp()) / "long.jsonl")
     for name, setting in SETTINGS.items():
-        cfg = {**BASE, **setting, "max_steps": a.steps}
-        cfg = {k: v for k, v in cfg.items() if v is not None}
-        cfg.pop("pad_to_multiple_of", None)
+        cfg = {**BASE, **setting, "max_steps": a.steps, "dataset_path": str(data)}
+        if setting["method"] == "dpo":
+            cfg["truncation_mode"] = "keep_end"  # cut the prompt from the left, keep the answers
         est = validate(cfg)["estimate"]
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             env = dict(os.environ, HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")
