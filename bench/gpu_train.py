@@ -62,25 +62,11 @@ def child(kind, method, steps, batch, max_length, out):
         with tempfile.TemporaryDirectory() as d:
             train(cfg, d, progress=False, callbacks=[meter])
     else:
-        from datasets import Dataset
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from prefpilot.data import builtin_files
+        from plain_trl import plain_trainer
         from prefpilot.train.models import resolve_model
         path, _ = resolve_model(model)
-        rows = [json.loads(x) for x in builtin_files("arith-prefs")["train"].read_text().splitlines()]
-        tok = AutoTokenizer.from_pretrained(path)
-        m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
         with tempfile.TemporaryDirectory() as d:
-            if method == "dpo":
-                from trl import DPOConfig, DPOTrainer
-                t = DPOTrainer(model=m, args=DPOConfig(output_dir=d, disable_tqdm=True, **common),
-                               train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[meter])
-            else:
-                from trl.experimental.cpo import CPOConfig, CPOTrainer
-                t = CPOTrainer(model=m, args=CPOConfig(output_dir=d, disable_tqdm=True, loss_type="simpo", beta=2.0,
-                                                       simpo_gamma=1.0, cpo_alpha=0.0, **common),
-                               train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[meter])
-            t.train()
+            plain_trainer(method, path, common, d, [meter], dtype=torch.bfloat16).train()
     skip = 5
     step_s = statistics.median(meter.times[skip:])
     tok_per_step = statistics.median(meter.tokens[skip:]) if meter.tokens else None

@@ -67,23 +67,9 @@ def child(kind: str, method: str, gc: bool, steps: int, model: str, out: str) ->
         with tempfile.TemporaryDirectory() as d:
             train(cfg, d, progress=False, callbacks=[timer])
     else:  # the script a user would write against TRL directly
-        from datasets import Dataset
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from prefpilot.data import builtin_files
-        rows = [json.loads(l) for l in builtin_files("arith-prefs")["train"].read_text().splitlines()]
-        tok = AutoTokenizer.from_pretrained(model)
-        m = AutoModelForCausalLM.from_pretrained(model)
+        from plain_trl import plain_trainer
         with tempfile.TemporaryDirectory() as d:
-            if method == "dpo":
-                from trl import DPOConfig, DPOTrainer
-                t = DPOTrainer(model=m, args=DPOConfig(output_dir=d, disable_tqdm=True, **common),
-                               train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
-            else:
-                from trl.experimental.cpo import CPOConfig, CPOTrainer
-                t = CPOTrainer(model=m, args=CPOConfig(output_dir=d, disable_tqdm=True, loss_type="simpo", beta=2.0,
-                                                       simpo_gamma=1.0, cpo_alpha=0.0, **common),
-                               train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
-            t.train()
+            plain_trainer(method, model, common, d, [timer]).train()
     times = timer.times[3:]  # drop warm-up steps
     Path(out).write_text(json.dumps({"median_step_s": statistics.median(times),
                                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
