@@ -138,6 +138,25 @@ def test_max_bad_rows_drops_them(tiny, tmp_path):
     assert status["state"] == "completed" and status["data"]["dropped"] == 1
 
 
+def test_simpo_prompts_that_fill_max_length_are_caught_before_training(tiny, tmp_path):
+    # TRL's CPO trainer cuts the completion, never the prompt: such a row would give 0/0 = NaN at its first batch.
+    data = tmp_path / "prefs.jsonl"
+    good = [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(8)]
+    long = [{"prompt": "count " * 80 + str(i), "chosen": "yes", "rejected": "no"} for i in range(2)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in good[:3] + long + good[3:]))
+    cfg = {"model_name_or_path": str(tiny), "dataset_path": str(data), "max_steps": 3, "method": "simpo",
+           "per_device_train_batch_size": 2, "max_length": 32, "save_strategy": "no", "learning_rate": 1e-3}
+    with pytest.raises(PrefpilotError) as e:
+        train(cfg, tmp_path / "run", progress=False)
+    msg = str(e.value)
+    assert "2 of 10 prompts fill max_length=32" in msg and "row 4" in msg and "row 5" in msg
+    assert "--max-bad-rows 2" in msg and e.value.path == "/max_length"
+    assert rundir.read_status(tmp_path / "run")["state"] == "failed"
+    status = train(cfg, tmp_path / "run2", max_bad_rows=2, progress=False)
+    assert status["state"] == "completed"
+    assert all(math.isfinite(m["loss"]) for m in rundir.read_metrics(tmp_path / "run2"))
+
+
 def test_conversational_and_implicit_prompt_formats(tiny, tmp_path):
     conv = tmp_path / "conv.json"
     conv.write_text(json.dumps([{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],

@@ -128,6 +128,9 @@ def run_demo(method: str = "dpo", target: str | None = None, steps: int | None =
     if method == "dpo":
         out(f"   implicit_reward_accuracy   before {b['implicit_reward_accuracy']:.3f}  after "
             f"{a['implicit_reward_accuracy']:.3f}   (DPO's reward β·log π/π_ref; 0.5 = ties before training)")
+    else:
+        out(f"   mean_avg_logprob_margin    before {b['mean_avg_logprob_margin']:.3f}  after "
+            f"{a['mean_avg_logprob_margin']:.3f}   (SimPO's margin per token, chosen minus rejected)")
     out(f"\nrun dir:  {run_dir}\nmetrics:  {run_dir / 'metrics.jsonl'}\nplot:     {diag.get('plot')}\n"
         f"skills:   {target}\nnext:     prefpilot diagnose {run_id}  |  prefpilot runs status {run_id}\n"
         f"total {time.time() - t0:.0f} s")

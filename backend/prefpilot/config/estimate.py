@@ -11,10 +11,21 @@ Per device, in GB (1e9 bytes):
               k ≈ 34 × bytes(compute)/2 without gradient checkpointing (Korthikanti et al. 2022,
               arXiv:2205.05198, attention-score term dropped: SDPA/flash kernels do not store it),
               and 2 × bytes(compute) (one saved layer input per layer) with it
-  logits      tokens × vocab × 4 bytes × 2 (fp32 log-softmax and its gradient for the policy)
+  lm head     DPO (TRL 1.x) scores tokens through a fused LM head that never holds the [tokens, vocab]
+              logits: it works on tiles of min(tokens, 4096) × min(vocab, 32768). With Triton (CUDA) one tile in
+              the compute dtype is live; on a CPU the torch fallback keeps ~11 fp32 tile-sized temporaries
+              (44 bytes per tile cell, fitted with bench/memory_estimate.py). Its backward adds fp32 gradients
+              for the hidden states (tokens × hidden) and, when the head is trained, the head (vocab × hidden).
+              SimPO goes through TRL's CPO trainer, which materialises the full logits: tokens × vocab ×
+              bytes(compute) × 6 (the logits, then in backward the log-sum-exp gradient, the gather's scatter,
+              the shifted view's padded gradient and their sums; fitted on a CPU, likely high on a GPU).
   sharding    with several GPUs, weights/gradients/optimizer states are divided by their number (FSDP/ZeRO-3)
   overhead    1.0 GB CUDA context and allocator slack on a GPU, 0.6 GB interpreter + torch on a CPU
-The figures are a planning aid, meant to be within ~25% (bench/ compares them with measured peaks).
+Peak = weights + reference + optimizer states + master weights + overhead + the larger of
+(activations + lm head) and gradients: the Trainer frees gradients (set_to_none) before each forward, so
+they only grow as backward frees activations. With gradient accumulation > 1 they persist and are added.
+The figures are a planning aid, meant to be within 25% (bench/memory_estimate.py compares them with
+measured peaks).
 """
 from __future__ import annotations
 
@@ -24,6 +35,10 @@ from pathlib import Path
 
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "auto": 4, None: 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+# TRL 1.x fused LM head tile (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE, trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+TILE_TOKENS, TILE_VOCAB = 4096, 32768
+CPU_TILE_BYTES = 44  # bytes per tile cell on a CPU, fitted to measured peaks (see the docstring)
+SIMPO_LOGIT_COPIES = 6  # logits-sized tensors live at once in CPO's backward, fitted like CPU_TILE_BYTES
 OPTIMIZER_BYTES = {"adamw": 8, "adam": 8, "adamw_8bit": 2, "adamw_bnb_8bit": 2, "paged_adamw_8bit": 2,
                    "adamw_torch_8bit": 2, "adamw_torch_4bit": 1, "sgd": 4, "adafactor": 4, "adagrad": 4, "lion": 4}
 
@@ -137,15 +152,21 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
     h, L, V = arch["hidden_size"], arch["num_hidden_layers"], arch["vocab_size"]
     per_token_layer = (2 * cbytes) if ckpt else (34 * cbytes / 2)
     activations = tokens * L * h * per_token_layer + (tokens * h * 34 * cbytes / 2 if ckpt else 0)
-    logits = tokens * V * 4 * 2
+    if method == "simpo":
+        lm_head = tokens * V * cbytes * SIMPO_LOGIT_COPIES
+    else:
+        tile = min(tokens, TILE_TOKENS) * min(V, TILE_VOCAB) * (cbytes if gpu else CPU_TILE_BYTES)
+        lm_head = tile + tokens * h * 4 + (0 if peft else V * h * 4)
     overhead = 1.0 * GB if gpu else 0.6 * GB
     # Several GPUs: assume FSDP full-shard / ZeRO-3 (what `prefpilot train --launcher accelerate --fsdp` sets up),
     # which splits weights, gradients and optimizer states across devices; activations stay per device.
     shards = int(hardware.get("num_gpus") or 1) if gpu else 1
     weights, reference, grads, optimizer, master = (x / shards for x in (weights, reference, grads, optimizer, master))
     parts = {"weights": weights, "reference_model": reference, "gradients": grads, "optimizer_states": optimizer,
-             "master_weights": master, "activations": activations, "logits": logits, "overhead": overhead}
-    total = sum(parts.values())
+             "master_weights": master, "activations": activations, "lm_head": lm_head, "overhead": overhead}
+    accumulate = int(config.get("gradient_accumulation_steps") or 1) > 1
+    transient = activations + lm_head + grads if accumulate else max(activations + lm_head, grads)
+    total = weights + reference + optimizer + master + overhead + transient
     return {
         "known": True, "model_params": P, "model_size_source": size["source"],
         "total_gb": round(total / GB, 2), "parts_gb": {k: round(v / GB, 3) for k, v in parts.items()},
@@ -153,7 +174,10 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
                         "trainable_params": trainable, "reference_in_memory": reference > 0,
                         "gradient_checkpointing": bool(ckpt), "optimizer": optim, "tokens_per_step": tokens,
                         "per_device_train_batch_size": batch, "max_length": seq,
-                        "sharded_over_gpus": shards},
+                        "sharded_over_gpus": shards,
+                        "gradients_coexist_with_activations": accumulate,
+                        "lm_head": "full logits (CPO trainer)" if method == "simpo" else
+                                   f"TRL fused LM head, {'Triton' if gpu else 'torch fallback'} tiles"},
         "device_memory_gb": hardware.get("gpu_memory_gb") or hardware.get("ram_gb"),
         "device": "gpu" if gpu else "cpu",
     }

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 
 from ..errors import PrefpilotError
@@ -289,8 +290,12 @@ def _key_plan(k) -> tuple[str, str | None, bool, str]:
     return split, name, low in (name, f"eval_{name}", f"train/{name}", f"eval/{name}"), ""
 
 
+_FLOAT, _NUMBER = {float}, {float, int}
+
+
 def _row_plan(keys: tuple) -> tuple:
-    """How to read every row with these keys: (train [(key, name)], eval [(key, name)], other, unknown, aliases).
+    """How to read every row with these keys: (train [(key, name)], eval [(key, name)], other, unknown, aliases,
+    (itemgetter of the train keys, their names)).
 
     Aliases come first so a canonical spelling in the same row overwrites them.
     """
@@ -304,8 +309,10 @@ def _row_plan(keys: tuple) -> tuple:
             aliases[str(k)] = name
         (ev if split == "eval" else train).append((k, name, primary))
     order = lambda e: e[2]  # noqa: E731 - aliases (False) before canonical spellings (True)
-    return ([(k, n) for k, n, _ in sorted(train, key=order)], [(k, n) for k, n, _ in sorted(ev, key=order)],
-            other, unknown, aliases)
+    train = [(k, n) for k, n, _ in sorted(train, key=order)]
+    # itemgetter of 2+ keys returns a tuple in one call; dict(zip()) keeps the last of repeated names (canonical)
+    fast = (itemgetter(*[k for k, _ in train]) if len(train) > 1 else None, tuple(n for _, n in train))
+    return train, [(k, n) for k, n, _ in sorted(ev, key=order)], other, unknown, aliases, fast
 
 
 def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> History:
@@ -329,12 +336,16 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
             unknown |= plan[3]
             aliased.update(plan[4])
         tr, ev = {}, {}
-        for k, name in plan[0]:  # the hot loop for long runs: floats go straight through
-            v = r[k]
-            if type(v) is float:
-                tr[name] = v
-            elif (x := to_float(v)) is not None:
-                tr[name] = x
+        getter, names = plan[5]
+        types = set(map(type, vals := getter(r))) if getter else None
+        if types == _FLOAT:  # the hot path for long runs: one C-level pass per row
+            tr = dict(zip(names, vals))
+        elif types is not None and types <= _NUMBER:
+            tr = {n: float(v) for n, v in zip(names, vals)}
+        else:
+            for k, name in plan[0]:
+                if (x := to_float(r[k])) is not None:
+                    tr[name] = x
         for k, name in plan[1]:
             if (x := to_float(r[k])) is not None:
                 ev[name] = x

@@ -136,3 +136,42 @@ def load_splits(cfg: dict, max_bad_rows: int = 0) -> tuple[list, list | None, di
         test, trep = check_rows(test_rows, source + " (test split)", max_bad_rows)
         rep["test"] = trep
     return train, test, rep
+
+
+def prompts_filling_max_length(rows: list, tokenizer, max_length: int) -> list[tuple[int, int]]:
+    """(row number, prompt tokens) of rows whose prompt alone fills max_length.
+
+    TRL's CPO trainer (SimPO) truncates the completion, never the prompt, so such a row keeps an empty completion
+    and its average log-prob is 0/0: the loss is NaN from the first batch that holds it. Explicit prompts only:
+    with an implicit prompt the shared prefix is found later by TRL.
+    """
+    from trl.data_utils import maybe_apply_chat_template
+
+    out = []
+    for i, row in enumerate(rows, 1):
+        prompt = row.get("prompt")
+        if prompt is None:
+            continue
+        text = maybe_apply_chat_template({"prompt": prompt}, tokenizer)["prompt"]
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + (tokenizer.bos_token_id is not None)
+        if n >= max_length:
+            out.append((i, n))
+    return out
+
+
+def drop_overlong_simpo_prompts(rows: list, tokenizer, max_length: int, source: str, allowance: int) -> list:
+    """Rows without the prompts that would leave SimPO an empty completion; raises when they exceed the allowance."""
+    over = prompts_filling_max_length(rows, tokenizer, max_length)
+    if not over:
+        return rows
+    longest = max(n for _, n in over)
+    if len(over) > allowance:
+        listed = ", ".join(f"row {i} ({n} tokens)" for i, n in over[:MAX_LISTED])
+        raise PrefpilotError(
+            f"{source}: {len(over)} of {len(rows)} prompts fill max_length={max_length} on their own ({listed}"
+            f"{' …' if len(over) > MAX_LISTED else ''}). SimPO (TRL's CPO trainer) cuts the completion, not the prompt, "
+            f"so these rows would have empty completions and a NaN loss. Raise max_length above {longest} plus the "
+            f"answer length, shorten the prompts, or drop them with --max-bad-rows {len(over)}",
+            code="bad_data", path="/max_length")
+    drop = {i for i, _ in over}
+    return [r for i, r in enumerate(rows, 1) if i not in drop]

@@ -6,6 +6,8 @@ tokens + EOS), so the numbers match what the trainer optimised.
                             (needs a reference; DPO's reward)
   avg_logprob_accuracy      share with mean per-token log π(chosen) > log π(rejected) (SimPO's reward)
   logprob_accuracy          share with summed log π(chosen) > log π(rejected)
+  mean_avg_logprob_margin   mean of avg log π(chosen) − avg log π(rejected): SimPO's margin before β and γ,
+                            which moves before the accuracy does on pairs that are already mostly right
 Ties count as half a success, so a model equal to its reference scores 0.5, not 0.
 """
 from __future__ import annotations
@@ -50,8 +52,9 @@ def _acc(pairs) -> float:
 
 def preference_accuracy(model, tok, rows, ref_logps=None, beta: float = 0.1) -> dict:
     c, r, nc, nr = completion_logps(model, tok, rows)
-    out = {"pairs": len(rows), "logprob_accuracy": _acc(zip(c, r)),
-           "avg_logprob_accuracy": _acc(zip([a / n for a, n in zip(c, nc)], [b / n for b, n in zip(r, nr)]))}
+    avg_c, avg_r = [a / max(1, n) for a, n in zip(c, nc)], [b / max(1, n) for b, n in zip(r, nr)]
+    out = {"pairs": len(rows), "logprob_accuracy": _acc(zip(c, r)), "avg_logprob_accuracy": _acc(zip(avg_c, avg_r)),
+           "mean_avg_logprob_margin": sum(a - b for a, b in zip(avg_c, avg_r)) / max(1, len(rows))}
     if ref_logps is not None:
         rc, rr = ref_logps
         margins = [beta * ((a - x) - (b - y)) for a, b, x, y in zip(c, r, rc, rr)]

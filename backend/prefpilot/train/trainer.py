@@ -142,7 +142,8 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
                                  hardware_choices=notes, data=data_report, pid=os.getpid())
             for n in notes:
                 log.info("chosen: %s", n)
-        return _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, callbacks or [])
+        allowance = max(0, max_bad_rows - data_report["dropped"])  # --max-bad-rows covers both kinds of bad row
+        return _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, callbacks or [], allowance)
     except PrefpilotError as exc:
         if main:
             rundir.update_status(run_dir, state="failed", error=str(exc))
@@ -158,7 +159,7 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
         raise
 
 
-def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_callbacks):
+def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_callbacks, max_bad_rows=0):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -182,12 +183,24 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
         model_kwargs["attn_implementation"] = model_args.attn_implementation
     if quant is not None:
         model_kwargs["quantization_config"] = quant
-    model = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs)
+    # The tokenizer first: a data problem it reveals must not cost a model load.
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_kwargs["trust_remote_code"])
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    peft_config = get_peft_config(model_args)
+    if cfg["method"] == "simpo":
+        from .data import drop_overlong_simpo_prompts
+        n_before = len(train_rows)
+        train_rows = drop_overlong_simpo_prompts(train_rows, tok, cfg.get("max_length") or 1024, "training data",
+                                                 max_bad_rows)
+        if eval_rows:
+            eval_rows = drop_overlong_simpo_prompts(eval_rows, tok, cfg.get("max_length") or 1024, "test split",
+                                                    max_bad_rows)
+        if len(train_rows) < n_before and main:
+            log.warning("dropped %d rows whose prompt fills max_length (allowed by --max-bad-rows)",
+                        n_before - len(train_rows))
 
+    model = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs)
+    peft_config = get_peft_config(model_args)
     targs = dict(parts["trainer"])
     targs.update(output_dir=str(run_dir / "checkpoints"), logging_nan_inf_filter=False,  # let NaN reach the log
                  disable_tqdm=not (progress if progress is not None else sys.stderr.isatty()))
