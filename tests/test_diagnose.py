@@ -241,3 +241,19 @@ def test_diagnosis_imports_no_torch():
             "print(json.dumps(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize("rows", [
+    [{"step": i, "loss": 0.7 - i / 100, "train/loss": 9.0, "rewards/margins": i / 10} for i in range(1, 50)]
+    + [{"step": 25, "eval_loss": 0.6}],  # alias + canonical in one row, plus an eval row
+    [{"step": i, "loss": 0.7, "grad_norm": float("nan") if i == 7 else 1.0} for i in range(1, 30)],
+    [{"step": i, "loss": 0.7, "rewards/margins": 0.1} for i in range(1, 20)] + [{"step": 20, "loss": "0.5"}],
+    [{"step": 30 - i, "loss": 0.7 + i} for i in range(1, 20)],  # out of order: sorted, columns rebuilt
+])
+def test_cached_columns_match_the_rows(rows):
+    # Long single-shape runs get their columns by transposing the parsed values; they must equal a scan of the rows.
+    hist = load_history(rows)
+    cached = {k: hist.series(k) for k in ("loss", "rewards/margins", "grad_norm")}
+    hist._cols.clear()
+    assert cached == {k: hist.series(k) for k in cached}
+    assert ("grad_norm" in hist.nonfinite["train"]) == any(r.get("grad_norm") != r.get("grad_norm") for r in rows)

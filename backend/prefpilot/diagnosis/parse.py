@@ -17,7 +17,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import contains, itemgetter, lt
 from pathlib import Path
 
 from ..errors import PrefpilotError
@@ -103,12 +104,17 @@ def to_float(v):
     return None
 
 
+_STEP = itemgetter("step")
+
+
 @dataclass
 class History:
     train: list[dict] = field(default_factory=list)
     eval: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
+    # keys that hold a NaN/inf somewhere, per split: found while parsing, so checks need not rescan long runs
+    nonfinite: dict = field(default_factory=lambda: {"train": set(), "eval": set()})
     _cols: dict = field(default_factory=dict, repr=False)
 
     def series(self, key: str, split: str = "train") -> tuple[list[float], list[float]]:
@@ -116,8 +122,9 @@ class History:
         cached = self._cols.get((key, split))
         if cached is None:
             rows = self.train if split == "train" else self.eval
-            have = [r for r in rows if key in r]
-            cached = self._cols[(key, split)] = ([r["step"] for r in have], [r[key] for r in have])
+            # map/compress/itemgetter keep the three passes over a long run in C
+            have = list(compress(rows, map(contains, rows, repeat(key))))
+            cached = self._cols[(key, split)] = (list(map(_STEP, have)), list(map(itemgetter(key), have)))
         return cached
 
 
@@ -290,7 +297,7 @@ def _key_plan(k) -> tuple[str, str | None, bool, str]:
     return split, name, low in (name, f"eval_{name}", f"train/{name}", f"eval/{name}"), ""
 
 
-_FLOAT, _NUMBER = {float}, {float, int}
+_NUMBER = {float, int}
 
 
 def _row_plan(keys: tuple) -> tuple:
@@ -317,10 +324,13 @@ def _row_plan(keys: tuple) -> tuple:
 
 def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> History:
     hist = History(info=info)
+    bad_train, bad_eval = hist.nonfinite["train"], hist.nonfinite["eval"]
+    isfinite = math.isfinite
     other, unknown, aliased = set(), set(), {}
     plans: dict[tuple, tuple] = {}
     skipped_rows = 0
     order = 0
+    hot_plan, hot_vals, mixed = None, [], False  # value tuples of the one row shape a long run usually has
     for r in raw:
         if not isinstance(r, dict):
             skipped_rows += 1
@@ -338,17 +348,22 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
         tr, ev = {}, {}
         getter, names = plan[5]
         types = set(map(type, vals := getter(r))) if getter else None
-        if types == _FLOAT:  # the hot path for long runs: one C-level pass per row
-            tr = dict(zip(names, vals))
-        elif types is not None and types <= _NUMBER:
-            tr = {n: float(v) for n, v in zip(names, vals)}
+        if types is not None and types <= _NUMBER:  # the hot path for long runs: one C-level pass per row
+            tr = dict(zip(names, vals))  # ints (steps) stay ints: the rules only compare and average them
+            hot = True
         else:
+            hot = False
             for k, name in plan[0]:
                 if (x := to_float(r[k])) is not None:
                     tr[name] = x
         for k, name in plan[1]:
             if (x := to_float(r[k])) is not None:
                 ev[name] = x
+        # sum() is NaN/inf exactly when some value is (or, rarely, on overflow: then the scan finds nothing)
+        if tr and not isfinite(sum(tr.values())):
+            bad_train.update(k for k, v in tr.items() if not isfinite(v))
+        if ev and not isfinite(sum(ev.values())):
+            bad_eval.update(k for k, v in ev.items() if not isfinite(v))
         order += 1
         step = tr.pop("step", None)
         if step is None:
@@ -360,16 +375,27 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
         if tr:
             tr["step"] = step
             hist.train.append(tr)
+            if hot and hot_plan in (None, plan):
+                hot_plan = plan
+                hot_vals.append(vals)
+            else:
+                mixed = True
         if ev:
             ev["step"] = step
             hist.eval.append(ev)
         if not tr and not ev:
             skipped_rows += 1
     used = set().union(*map(dict.keys, hist.train), *map(dict.keys, hist.eval)) if (hist.train or hist.eval) else set()
+    resorted = False
     for rows in (hist.train, hist.eval):
-        if any(rows[i]["step"] < rows[i - 1]["step"] for i in range(1, len(rows))):
-            rows.sort(key=lambda x: x["step"])
+        steps = list(map(_STEP, rows))
+        if any(map(lt, steps[1:], steps)):
+            rows.sort(key=_STEP)
+            resorted = True
             info["notes"].append("rows were out of step order; sorted by step")
+    if hot_plan is not None and not (mixed or resorted or info.get("steps_inferred")) \
+            and len(hot_vals) == len(hist.train) and "step" in hot_plan[5][1]:
+        _prefill_columns(hist, hot_plan[5][1], hot_vals)
     _derive(hist, info, beta, used)
     info.update(rows=len(hist.train), eval_rows=len(hist.eval), used_keys=sorted(used),
                 aliases={k: v for k, v in sorted(aliased.items())}, other_keys=sorted(other - set(KNOWN)),
@@ -384,13 +410,25 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
     return hist
 
 
+def _prefill_columns(hist: History, names: tuple, vals: list[tuple]) -> None:
+    """Fill the series cache by transposing the value tuples (in C) when every train row has one shape."""
+    cols = list(zip(*vals))
+    last = {n: i for i, n in enumerate(names)}  # a repeated name (alias + canonical): the last one wins, as in dict()
+    steps = list(cols[last["step"]])
+    for n, i in last.items():
+        if n != "step":
+            hist._cols[(n, "train")] = (steps, list(cols[i]))
+
+
 def _derive(hist: History, info: dict, beta: float | None, used: set) -> None:
     """Fill rewards from policy/reference log-probs, and margins from rewards, when a trainer logged only those."""
     derived_rewards = derived_margins = False
-    if not ({"ref_logps/chosen", "ref_logps/rejected"} & used
-            or {"rewards/chosen", "rewards/rejected"} <= used):
+    has_ref = bool({"ref_logps/chosen", "ref_logps/rejected"} & used)
+    if not (has_ref or {"rewards/chosen", "rewards/rejected"} <= used):
         return
-    for rows in (hist.train, hist.eval):
+    for split, rows in (("train", hist.train), ("eval", hist.eval)):
+        if not has_ref and all(map(contains, rows, repeat("rewards/margins"))):
+            continue  # margins already logged everywhere: nothing to derive
         for r in rows:
             for side in ("chosen", "rejected"):
                 lp, ref = r.get(f"logps/{side}"), r.get(f"ref_logps/{side}")
@@ -400,6 +438,10 @@ def _derive(hist: History, info: dict, beta: float | None, used: set) -> None:
             if "rewards/margins" not in r and "rewards/chosen" in r and "rewards/rejected" in r:
                 r["rewards/margins"] = r["rewards/chosen"] - r["rewards/rejected"]
                 derived_margins = True
+            if not math.isfinite(sum(r.values())):
+                hist.nonfinite[split].update(k for k, v in r.items() if not math.isfinite(v))
+    if derived_rewards or derived_margins:
+        hist._cols.clear()  # rows changed after the columns were cached
     if derived_rewards:
         info["notes"].append(f"rewards computed as beta·(policy − reference log-prob) with beta={beta or 0.1}")
     if derived_margins:

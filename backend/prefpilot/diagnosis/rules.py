@@ -40,7 +40,7 @@ class Ctx:
 
     def finite(self, key: str, split: str = "train") -> tuple[list[float], list[float]]:
         steps, vals = self.hist.series(key, split)
-        if all(map(math.isfinite, vals)):  # the usual case, at C speed
+        if key not in self.hist.nonfinite[split]:  # the usual case: nothing to filter
             return steps, vals
         keep = [i for i, v in enumerate(vals) if math.isfinite(v)]
         return [steps[i] for i in keep], [vals[i] for i in keep]
@@ -102,9 +102,9 @@ def nan_loss(ctx: Ctx):
     keys = set()
     for split in ("train", "eval"):
         for k in NONFINITE_KEYS:
-            steps, vals = ctx.hist.series(k, split)
-            if all(map(math.isfinite, vals)):
+            if k not in ctx.hist.nonfinite[split]:  # recorded while parsing: no rescan of a long run
                 continue
+            steps, vals = ctx.hist.series(k, split)
             hit = [s for s, v in zip(steps, vals) if not math.isfinite(v)]
             keys.add(f"eval_{k}" if split == "eval" else k)
             bad_steps.update((split, s) for s in hit)
