@@ -94,7 +94,7 @@ def main(argv=None):
         "bench/train_overhead.py")
 
     import memory_estimate
-    r = quiet(memory_estimate.main, ["--steps", "3" if q else "6"])
+    r = quiet(memory_estimate.main, ["--steps", "2" if q else "3"])  # the peak is reached by step 2
     for name, s in r["settings"].items():
         add(f"memory estimate / peak RSS, SmolLM2 {name}", f"{s['estimate_over_peak']:.2f}", "0.75–1.25",
             "bench/memory_estimate.py")

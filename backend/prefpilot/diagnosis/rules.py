@@ -344,37 +344,60 @@ def eval_divergence(ctx: Ctx):
                    "improving.", remedies)
 
 
+def _running_median(vals: list[float], i: int, window: int) -> float:
+    win = sorted(vals[max(0, i - window):i])
+    h = len(win) // 2
+    return win[h] if len(win) % 2 else 0.5 * (win[h - 1] + win[h])
+
+
 def grad_spike(ctx: Ctx):
     t = ctx.th("grad_spike")
     steps, g = ctx.finite("grad_norm")
     if len(g) <= t["min_history"]:
         return None
-    spikes, worst = [], 0.0
+    spikes, hard, worst = [], [], 0.0
     # median ≥ min, so a value at most ratio × the smallest positive norm cannot be a spike: skip the sort
     positive = [v for v in g if v > 0]
     floor = t["ratio"] * min(positive) if positive else 0.0
+    loss_at = None
     for i in range(t["min_history"], len(g)):
         v = g[i]
         if v <= floor:
             continue
-        win = sorted(g[max(0, i - t["window"]):i])
-        h = len(win) // 2
-        med = win[h] if len(win) % 2 else 0.5 * (win[h - 1] + win[h])
+        med = _running_median(g, i, t["window"])
         if med > 0 and v > t["ratio"] * med:
-            spikes.append(steps[i])
             worst = max(worst, v / med)
-    if not spikes:
+            if loss_at is None:
+                ls, lv = ctx.finite("loss")
+                loss_at = {s: (j, lv) for j, s in enumerate(ls)}
+            # A batch whose own loss is far above the usual one (a hard batch once most pairs are learned: the
+            # sigmoid loss and its gradient both grow with the batch's negative margin) explains its spike.
+            j, lv = loss_at.get(steps[i], (None, None))
+            lmed = _running_median(lv, j, t["window"]) if j else 0.0
+            if j and lmed > 0 and lv[j] >= t["batch_loss_ratio"] * lmed:
+                hard.append(steps[i])
+            else:
+                spikes.append(steps[i])
+    if not spikes and not hard:
         return None
+    every = sorted(spikes + hard)
     severity = "warning" if len(spikes) >= t["repeated"] else "info"
     remedies = [lower_lr(ctx, 2, "smaller steps make spikes rarer"),
                 {"change": {"warmup_steps": 0.1}, "why": "a longer warm-up avoids early spikes"}]
     mgn = ctx.cfg.get("max_grad_norm", 1.0)
     if not isinstance(mgn, (int, float)) or mgn <= 0 or mgn > 1.0:
         remedies.insert(0, {"change": {"max_grad_norm": 1.0}, "why": "clip gradients to bound each update"})
-    return finding(ctx, "grad_spike", [spikes[0], spikes[-1]],
-                   {"spikes": len(spikes), "worst_ratio_to_median": worst, "spike_steps": spikes[:10]},
-                   f"grad_norm jumped above {t['ratio']:g}× its running median {len(spikes)} time(s) (worst "
-                   f"{worst:.1f}×). Isolated spikes are survivable with clipping; repeated ones precede divergence.",
+    explained = (f" {len(hard)} of them came with a batch loss at least {t['batch_loss_ratio']:g}× its running "
+                 "median: hard batches among pairs the model already ranks right, not instability; a larger "
+                 "batch smooths them." if hard else "")
+    if hard and not spikes:
+        remedies = [{"change": {"gradient_accumulation_steps": 4}, "why": "average more pairs per update"}]
+    return finding(ctx, "grad_spike", [every[0], every[-1]],
+                   {"spikes": len(every), "hard_batch_spikes": len(hard), "worst_ratio_to_median": worst,
+                    "spike_steps": every[:10]},
+                   f"grad_norm jumped above {t['ratio']:g}× its running median {len(every)} time(s) (worst "
+                   f"{worst:.1f}×).{explained} Isolated spikes are survivable with clipping; repeated ones without "
+                   "a hard batch to explain them precede divergence.",
                    remedies, severity=severity)
 
 
