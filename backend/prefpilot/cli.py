@@ -69,7 +69,11 @@ def format_findings(report: dict) -> str:
 def format_estimate(est: dict) -> str:
     if not est.get("known"):
         return f"memory: not estimated ({est.get('reason')})"
-    parts = ", ".join(f"{k} {v:g}" for k, v in est["parts_gb"].items() if v)
+    overlap = not est.get("assumptions", {}).get("gradients_coexist_with_activations", True)
+    parts = ", ".join(f"{k} {v:g}" for k, v in est["parts_gb"].items() if v and not (overlap and k == "gradients"))
+    if overlap and est["parts_gb"].get("gradients"):
+        # without accumulation, gradients are allocated as backward frees activations: the larger one counts
+        parts += f"; gradients {est['parts_gb']['gradients']:g} reuse activation memory"
     cap = est.get("device_memory_gb")
     return f"memory: ~{est['total_gb']} GB per device ({parts})" + (f" of {cap} GB {est['device']}" if cap else "")
 

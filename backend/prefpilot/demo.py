@@ -86,6 +86,8 @@ def run_demo(method: str = "dpo", target: str | None = None, steps: int | None =
                              code="invalid_config")
     est = report.get("estimate") or {}
     out(f"4. config valid ({len(report['warnings'])} warnings); memory estimate ~{est.get('total_gb', '?')} GB")
+    for w in report["warnings"]:
+        out(f"   warning {w['path']}: {w['message'][:150]}")
 
     # 5. launch + follow
     run_id = runs.launch(cfg, runs_root)
