@@ -158,13 +158,16 @@ def _rmtree(path: Path) -> None:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy bytes only: modes are normalised so a read-only bundle still installs writable copies."""
+    """Copy bytes only. copyfile creates each file afresh (mode 0o666 minus the umask), so a read-only
+    bundle still installs writable copies without a chmod per file."""
     dst.mkdir(parents=True)
+    made = {dst}
     for rel in iter_files(src):
         out = dst / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.parent not in made:  # one mkdir per folder, not per file: each redundant one raises inside
+            out.parent.mkdir(parents=True, exist_ok=True)
+            made.add(out.parent)
         shutil.copyfile(src / rel, out)
-        out.chmod(0o644)
 
 
 def _fsync_dir(path: Path) -> None:
