@@ -109,6 +109,18 @@ def test_a_killed_process_is_reported_failed_with_its_log(tiny, tmp_path):
     assert runs.cancel(b, root, grace=30)["state"] == "cancelled"
 
 
+def test_a_cancel_during_start_up_is_cancelled_not_failed(tiny, tmp_path):
+    # SIGTERM can land in the middle of importing torch/transformers. The handler once imported a module there,
+    # failed on the half-initialised one, and the run ended "failed" with a circular-import error.
+    root = tmp_path / "runs"
+    for delay in (0.0, 1.0, 2.0, 3.0):
+        run_id = runs.launch(config(tiny, max_steps=5000), root)
+        wait_for(lambda: runs.status(run_id, root)["state"] == "running", what="running")
+        time.sleep(delay)
+        st = runs.cancel(run_id, root, grace=30)
+        assert st["state"] == "cancelled", (delay, st.get("error"), st.get("log_tail"))
+
+
 def test_invalid_configs_and_ids_are_refused(tiny, tmp_path):
     root = tmp_path / "runs"
     with pytest.raises(PrefpilotError) as e:

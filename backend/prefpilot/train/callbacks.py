@@ -8,8 +8,7 @@ from transformers import TrainerCallback
 
 from .. import rundir
 
-# Set by the SIGTERM handler (entry.py) when the run manager asks for a graceful stop.
-STOP = {"requested": False, "in_loop": False}
+from .stop import STOP  # noqa: F401 - set by the SIGTERM handler (entry.py); re-exported for old imports
 
 RUN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 

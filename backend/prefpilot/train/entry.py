@@ -5,6 +5,7 @@ import sys
 
 from ..config import load_config
 from ..errors import PrefpilotError
+from .stop import STOP
 from .trainer import train
 
 
@@ -46,7 +47,7 @@ def _on_sigterm(signum, frame):
 
     Outside the loop (loading data or the model), or on a second SIGTERM: stop now.
     """
-    from .callbacks import STOP
+    STOP["signalled"] = True  # no import here: this can run in the middle of one
     if STOP["in_loop"] and not STOP["requested"]:
         STOP["requested"] = True
         print("prefpilot: stop requested; saving a checkpoint after this step", file=sys.stderr, flush=True)

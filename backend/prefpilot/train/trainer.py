@@ -153,6 +153,13 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
             rundir.update_status(run_dir, state="cancelled", error="interrupted")
         raise
     except Exception as exc:  # anything TRL/torch raises becomes a failed status with its message
+        from .stop import STOP
+        if STOP["signalled"]:
+            # A cancel that interrupted an import leaves a half-initialised module, and the next import of it
+            # raises: that error is the cancel's doing, not the run's.
+            if main:
+                rundir.update_status(run_dir, state="cancelled", error="cancelled by request during start-up")
+            raise KeyboardInterrupt from exc
         if main:
             log.error("training failed:\n%s", traceback.format_exc())
             rundir.update_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}")
@@ -230,7 +237,7 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     if recorder.nan_step is not None:
         raise PrefpilotError(f"non-finite loss (NaN/inf) at step {recorder.nan_step}: training stopped; see the diagnosis "
                              "(lower learning_rate, check the data, use fp32/bf16 instead of fp16)", code="nan_loss")
-    from .callbacks import STOP
+    from .stop import STOP
     if STOP["requested"]:
         ck = last_checkpoint(run_dir)
         if main:
