@@ -19,6 +19,7 @@ from ..config.estimate import estimate_memory
 from ..config.normalize import PREFPILOT_KEYS
 from ..config.validate import schema, validate
 from ..errors import PrefpilotError
+from .stop import STOP
 
 log = logging.getLogger("prefpilot.train")
 
@@ -153,7 +154,6 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
             rundir.update_status(run_dir, state="cancelled", error="interrupted")
         raise
     except Exception as exc:  # anything TRL/torch raises becomes a failed status with its message
-        from .stop import STOP
         if STOP["signalled"]:
             # A cancel that interrupted an import leaves a half-initialised module, and the next import of it
             # raises: that error is the cancel's doing, not the run's.
@@ -237,7 +237,6 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     if recorder.nan_step is not None:
         raise PrefpilotError(f"non-finite loss (NaN/inf) at step {recorder.nan_step}: training stopped; see the diagnosis "
                              "(lower learning_rate, check the data, use fp32/bf16 instead of fp16)", code="nan_loss")
-    from .stop import STOP
     if STOP["requested"]:
         ck = last_checkpoint(run_dir)
         if main:
