@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import median
 
 from .parse import History
 
@@ -345,9 +346,8 @@ def eval_divergence(ctx: Ctx):
 
 
 def _running_median(vals: list[float], i: int, window: int) -> float:
-    win = sorted(vals[max(0, i - window):i])
-    h = len(win) // 2
-    return win[h] if len(win) % 2 else 0.5 * (win[h - 1] + win[h])
+    """Median of the ``window`` values before index ``i``."""
+    return median(vals[max(0, i - window):i])
 
 
 def grad_spike(ctx: Ctx):

@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 
 from .. import rundir
 
-from .stop import STOP  # noqa: F401 - set by the SIGTERM handler (entry.py); re-exported for old imports
+from .stop import STOP  # set by the SIGTERM handler (entry.py)
 
 RUN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 

@@ -196,12 +196,10 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
         tok.pad_token = tok.eos_token
     if cfg["method"] == "simpo":
         from .data import drop_overlong_simpo_prompts
-        n_before = len(train_rows)
-        train_rows = drop_overlong_simpo_prompts(train_rows, tok, cfg.get("max_length") or 1024, "training data",
-                                                 max_bad_rows)
+        n_before, max_len = len(train_rows), cfg.get("max_length") or 1024  # CPOConfig's default
+        train_rows = drop_overlong_simpo_prompts(train_rows, tok, max_len, "training data", max_bad_rows)
         if eval_rows:
-            eval_rows = drop_overlong_simpo_prompts(eval_rows, tok, cfg.get("max_length") or 1024, "test split",
-                                                    max_bad_rows)
+            eval_rows = drop_overlong_simpo_prompts(eval_rows, tok, max_len, "test split", max_bad_rows)
         if len(train_rows) < n_before and main:
             log.warning("dropped %d rows whose prompt fills max_length (allowed by --max-bad-rows)",
                         n_before - len(train_rows))
