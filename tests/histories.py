@@ -33,6 +33,9 @@ def healthy(n: int = 120, method: str = "dpo", seed: int = 0, eval_every: int = 
                "logps/rejected": rejected, "grad_norm": 6 + rng.gauss(0, 1), "learning_rate": 5e-7}
         if method == "simpo":
             row["nll_loss"] = -chosen
+        elif i == 1:  # TRL's first step: the policy still equals the reference, so every reward is exactly 0
+            row.update({"loss": 0.6931, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "rewards/chosen": 0.0,
+                        "rewards/rejected": 0.0})
         rows.append(row)
         if eval_every and i % eval_every == 0:
             # eval is a mean over a whole held-out set: smooth, unlike per-batch training values
@@ -99,10 +102,13 @@ def pinned(rows=None, from_t: float = 0.1):
     return rows
 
 
-def displaced(rows=None, drop: float = 40.0):
+def displaced(rows=None, drop: float = 40.0, rejected_factor: float = 1.2, beta: float = 0.1):
+    """Chosen falls ``drop`` nats below the reference, rejected ``rejected_factor`` times as far."""
     rows = rows or healthy()
     set_series(rows, "logps/chosen", lambda t, i, v: -120 - drop * t)
-    set_series(rows, "logps/rejected", lambda t, i, v: -125 - 2 * drop * t)
+    set_series(rows, "logps/rejected", lambda t, i, v: -125 - rejected_factor * drop * t)
+    set_series(rows, "rewards/chosen", lambda t, i, v: -beta * drop * t)
+    set_series(rows, "rewards/rejected", lambda t, i, v: -beta * rejected_factor * drop * t)
     return rows
 
 
@@ -124,9 +130,13 @@ def spiky(rows=None, at=(40, 60, 80), height: float = 120.0):
     return rows
 
 
-def simpo_short(rows=None, top: float = 0.6):
+def simpo_short(rows=None, top: float = 0.6, flat_loss: bool = True, seed: int = 4):
+    """SimPO margins that level off at ``top``; with ``flat_loss`` the loss has stopped falling too."""
+    rng = random.Random(seed)
     rows = rows or healthy(method="simpo")
     set_series(rows, "rewards/margins", lambda t, i, v: top * (1 - math.exp(-3 * t)))
+    if flat_loss:
+        set_series(rows, "loss", lambda t, i, v: 1.2 + rng.gauss(0, 0.02))
     return rows
 
 

@@ -40,6 +40,10 @@ CASES = [
     ("eval_divergence", lambda: H.eval_diverging(fall=0.6), lambda: H.eval_diverging(fall=0.1), "dpo"),
     ("grad_spike", lambda: H.spiky(at=(40, 60, 80)), lambda: H.spiky(at=(40, 60, 80), height=30), "dpo"),
     ("simpo_margin_below_target", lambda: H.simpo_short(top=0.6), lambda: H.simpo_short(top=1.8), "simpo"),
+    ("degeneration", lambda: H.set_series(H.healthy(), "entropy", lambda t, i, v: 2.0 - 1.8 * t),
+     lambda: H.set_series(H.healthy(), "entropy", lambda t, i, v: 2.0 - 0.6 * t), "dpo"),
+    ("degeneration", lambda: H.displaced(drop=150, rejected_factor=1.1),
+     lambda: H.displaced(drop=150, rejected_factor=3.0), "dpo"),
     ("lr_too_high", lambda: H.oscillating(amp=0.5), lambda: H.oscillating(amp=0.02), "dpo"),
     ("lr_too_high", lambda: H.set_series(H.healthy(), "loss", lambda t, i, v: 0.69 + 0.8 * t),
      lambda: H.set_series(H.healthy(), "loss", lambda t, i, v: 0.69 + 0.1 * t), "dpo"),
@@ -209,15 +213,21 @@ def test_eval_only_and_empty_inputs():
         load_history("hello world\nnothing here")
 
 
-def test_few_points_are_info_only():
+def test_few_points_without_a_signature_are_inconclusive_not_healthy():
     report = diagnose(H.healthy(n=3, eval_every=0), method="dpo")
-    assert report["healthy"] and [f["id"] for f in report["findings"]] == ["too_few_points"]
+    assert report["verdict"] == "inconclusive" and not report["healthy"]
+    assert [f["id"] for f in report["findings"]] == ["too_few_points"]
+    assert "rewards/margins" in report["to_decide"]  # says what to log to decide
 
 
 # ----------------------------------------------------------------------------- catalogue <-> skill
 def test_catalogue_matches_the_skill():
     table = catalogue()["findings"]
-    assert list(CATALOGUE) == list(table), "rules and findings.yaml must list the same ids in the same order"
+    assert set(CATALOGUE) == set(table), "rules and findings.yaml must list the same ids"
+    for fid, entry in table.items():
+        assert entry["methods"] == "all" or set(entry["methods"]) <= {"dpo", "simpo", "cpo", "orpo", "kto"}
+        assert entry["kind"] in ("signature", "trend", "method") and entry["cause"] and entry["remedies"]
+        assert set(entry["explain"]) == set(entry["thresholds"]), f"{fid}: every threshold needs its explanation"
     doc = (bundle_root() / "skills/mlops/preference-diagnostics/references/pathologies.md").read_text()
     headings = re.findall(r"^## (\w+)$", doc, re.M)
     assert headings == list(table)
@@ -244,7 +254,7 @@ def test_cli_json_plot_and_exit_codes(tmp_path, capsys):
     good.write_text("".join(json.dumps(r) + "\n" for r in H.healthy()))
     assert cli(["diagnose", str(good)]) == 0
     assert "healthy" in capsys.readouterr().out
-    assert cli(["diagnose", str(tmp_path / "missing.jsonl")]) == 1
+    assert cli(["diagnose", str(tmp_path / "missing.jsonl")]) == 2  # not a log: one line, exit 2
     assert "no such file" in capsys.readouterr().err
 
 

@@ -241,6 +241,7 @@ def cmd_runs(args) -> int:
 def format_diagnosis(r: dict) -> str:
     p = r["parsed"]
     lines = [f"{r['method'].upper()}, {r['steps']} steps: {r['summary']}",
+             f"  method {r['method']} ({r['method_source']}); checks run: {', '.join(r['rules_run'])}",
              f"  parsed {p.get('rows')} train / {p.get('eval_rows')} eval rows ({p.get('format')}"
              + (f", {p['source']}" if p.get("source") else "") + f"); metrics: {', '.join(p.get('used_keys', []))}"]
     if p.get("aliases"):
@@ -259,8 +260,13 @@ def format_diagnosis(r: dict) -> str:
         lines.append(f"\n[{f['severity']}] {f['id']}{span}\n  {f['explanation']}")
         lines.append("  evidence: " + ", ".join(f"{k}={v}" for k, v in f["evidence"].items()))
         for rem in f["remedies"]:
-            change = ", ".join(f"{k}: {json.dumps(v)}" for k, v in rem["change"].items()) or "(no config change)"
+            change = ", ".join(
+                f"{k}: {json.dumps(v)}" + (f" (from {rem['from'][k]['value']}, {rem['from'][k]['source']})"
+                                          if k in rem.get("from", {}) else "")
+                for k, v in rem["change"].items()) or "(no config change)"
             lines.append(f"  fix: {change} — {rem['why']}")
+    if r.get("to_decide"):
+        lines.append(f"\nto decide: {r['to_decide']}")
     return "\n".join(lines)
 
 
@@ -269,7 +275,11 @@ def diagnose_target(target: str, root=None):
     import os
     from . import runs
     if target == "-":
-        return sys.stdin.read(), False
+        text = sys.stdin.read()
+        if not text.strip():
+            raise PrefpilotError("nothing on standard input: pipe or paste a log into `prefpilot diagnose -`",
+                                 code="empty_history")
+        return text, False
     if os.path.exists(target):
         return target, True
     if runs.RUN_ID.match(target):
@@ -281,15 +291,23 @@ def diagnose_target(target: str, root=None):
 
 def cmd_diagnose(args) -> int:
     from .diagnosis import diagnose_source
-    source, is_path = diagnose_target(args.target, args.root)
-    config = None
-    if args.config:
-        from .config import load_config
-        config = load_config(args.config)
-    report = diagnose_source(source, is_path=is_path, method=args.method, config=config, beta=args.beta,
-                             gamma=args.gamma, plot=args.plot)
+    try:
+        source, is_path = diagnose_target(args.target, args.root)
+        config = None
+        if args.config:
+            from .config import load_config
+            config = load_config(args.config)
+        report = diagnose_source(source, is_path=is_path, method=args.method, config=config, beta=args.beta,
+                                 gamma=args.gamma, plot=args.plot)
+    except PrefpilotError as exc:  # input that is not a log: one line, exit 2 (documented)
+        print(f"prefpilot diagnose: {exc}", file=sys.stderr)
+        return 2
     _print(report, args.json, lambda r: format_diagnosis(r) + (f"\nplot: {r['plot']}" if r.get("plot") else ""))
-    return 0 if report["healthy"] else 3
+    return DIAGNOSE_EXIT[report["verdict"]]
+
+
+# healthy, problems found, too little evidence to say (a short excerpt); 2 = input that is not a log
+DIAGNOSE_EXIT = {"healthy": 0, "problems": 3, "inconclusive": 4}
 
 
 def cmd_explain(args) -> int:
@@ -398,11 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("run_id")
     g.add_argument("--tail", type=int, default=50)
 
-    p = sub.add_parser("diagnose", help="find reward-margin pathologies in a run's metrics; exit 3 if unhealthy")
+    p = sub.add_parser("diagnose", help="find pathologies in a run's metrics; exit 0 healthy, 3 problems, "
+                                        "4 inconclusive (too few points), 2 not a log")
     p.add_argument("target", help="run dir, run id, metrics.jsonl, trainer_state.json, CSV/TSV, log file or '-'")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", metavar="PNG", help="write margins/accuracy/log-probs/loss with findings shaded")
-    p.add_argument("--method", choices=["dpo", "simpo"], help="default: the run's config, else from the metrics")
+    p.add_argument("--method", choices=["dpo", "simpo", "cpo", "orpo", "kto"],
+                   help="the trainer that wrote the log (default: the run's config, else told from the logged keys)")
     p.add_argument("--config", help="the run's config (found beside the metrics when omitted)")
     p.add_argument("--beta", type=float, help="β, to derive rewards from policy/reference log-probs")
     p.add_argument("--gamma", type=float, help="SimPO target margin γ (simpo_gamma)")

@@ -122,15 +122,31 @@ FINDINGS_FILE = "preference-diagnostics/references/findings.yaml"
 
 
 def render_findings_table() -> str:
-    """The diagnosis catalogue (ids, severities, thresholds) as the pathologies reference shows it."""
+    """The diagnosis catalogue as the pathologies reference shows it: a table, then one section per finding."""
     path = bundle_root() / "skills" / "mlops" / FINDINGS_FILE
     t = yaml.safe_load(path.read_text(encoding="utf-8"))
-    rows = [[f"`{fid}`", f["severity"], f["summary"],
-             ", ".join(f"{k}={_fmt(v)}" for k, v in f["thresholds"].items()) or "—", f["sources"]]
-            for fid, f in t["findings"].items()]
+
+    def methods(f):
+        return "all" if f["methods"] == "all" else ", ".join(f["methods"])
+    rows = [[f"`{fid}`", f["severity"], f["kind"], methods(f), f["summary"]] for fid, f in t["findings"].items()]
     head = (f"Warm-up = the first {t['warmup_fraction']:.0%} of logged training points; start/end levels are means "
-            f"over {t['edge_fraction']:.0%} of the points at each end.\n\n")
-    return head + _table(["id", "severity", "fires when", "thresholds", "sources"], rows)
+            f"over {t['edge_fraction']:.0%} of the points at each end. A row is at the start of training when its "
+            f"step is at most {t['start']['max_step']} (or, when the log has no steps, its epoch at most "
+            f"{t['start']['max_epoch']}). Signatures fire from one logged row; trend rules need the points their "
+            "`min_points` says.\n\n")
+    out = [head + _table(["id", "severity", "kind", "methods", "fires when"], rows)]
+    for fid, f in t["findings"].items():
+        lines = [f"## {fid}", f"*{f['severity']}, {f['kind']}, methods: {methods(f)}.* Fires when {f['summary']}.", ""]
+        for name, value in f["thresholds"].items():
+            shown = value if not isinstance(value, dict) else \
+                "; ".join(f"{m} {_fmt(v[0])}–{_fmt(v[1])}" if isinstance(v, list) else f"{m} {_fmt(v)}"
+                          for m, v in value.items())
+            lines.append(f"- `{name}` = {_fmt(shown) if not isinstance(shown, str) else shown}: {f['explain'][name]}")
+        if f["thresholds"]:
+            lines.append("")
+        lines += [f"Cause: {f['cause']}", "", f"Fix: {f['remedies']}", "", f"Sources: {f['sources']}"]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def render(check: bool = False) -> list[str]:

@@ -6,6 +6,7 @@ plot.py draws the curves (matplotlib, imported only when a plot is asked for).
 from __future__ import annotations
 
 import gc
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import yaml
 
 from ..errors import PrefpilotError
 from .parse import History, load_history
-from .rules import CATALOGUE, Ctx
+from .rules import CATALOGUE, Ctx, num
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -40,6 +41,35 @@ def run_config_near(path) -> dict | None:
     return None
 
 
+METHODS = ("dpo", "simpo", "cpo", "orpo", "kto")
+# Keys only one trainer logs: how a pasted log tells which trainer wrote it.
+ORPO_KEYS = {"log_odds_ratio", "log_odds_chosen", "odds_ratio_loss"}
+PREFERENCE_KEYS = {"rewards/margins", "rewards/accuracies", "rewards/chosen", "logps/chosen"}
+
+
+def detect_method(hist: History, config: dict | None, method: str | None) -> tuple[str, str]:
+    """(method, how it was decided). The config or the caller wins; else the logged keys decide."""
+    if method:
+        return method, "given"
+    if config and config.get("method") in METHODS:
+        return config["method"], "config"
+    used = set(hist.info.get("used_keys", []))
+    if used & ORPO_KEYS:
+        return "orpo", f"logged keys ({', '.join(sorted(used & ORPO_KEYS))}: ORPO)"
+    if "kl" in used:
+        return "kto", "logged keys (kl: KTO)"
+    if "nll_loss" in used:
+        # SimPO (CPO trainer, loss_type simpo) logs per-token average log-probs; plain CPO sums them
+        _, lp = hist.series("logps/chosen", "train") if hist.train else hist.series("logps/chosen", "eval")
+        finite = sorted(abs(v) for v in lp if math.isfinite(v))
+        if finite and finite[len(finite) // 2] > 10:
+            return "cpo", "logged keys (nll_loss with summed log-probs: CPO)"
+        return "simpo", "logged keys (nll_loss with per-token log-probs: SimPO via TRL's CPO trainer)"
+    if used & PREFERENCE_KEYS or {"ref_logps/chosen", "ref_logps/rejected"} & used:
+        return "dpo", "logged keys (rewards/logps without nll_loss, kl or odds ratios: DPO)"
+    return "dpo", "assumed: no method-specific keys were logged"
+
+
 def _check_remedies(findings: list[dict], cfg: dict) -> None:
     """Keep only remedies that, applied to the run's config, add no validation error.
 
@@ -62,7 +92,7 @@ def diagnose(source, *, method: str | None = None, config: dict | None = None, b
     ``source``: a run dir, a metrics.jsonl / trainer_state.json / CSV / log file path, pasted text,
     a list of metric dicts or a trainer_state dict (or a parsed :class:`History`).
     ``config``: the run's config (found beside the metrics when omitted) sets method, β, γ and the
-    learning rate the remedies start from.
+    learning rate the remedies start from; without one they come from the log or stated defaults.
     """
     enabled = gc.isenabled()
     gc.disable()  # ~1e5 short-lived dicts and lists, no cycles: the cyclic GC only costs time here
@@ -82,44 +112,78 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
             pass
     hist = source if isinstance(source, History) else load_history(source, beta=beta or (config or {}).get("beta"))
     info = hist.info
-    if method is None:
-        method = (config or {}).get("method")
-    if method is None:
-        method = "simpo" if "nll_loss" in info.get("used_keys", []) else "dpo"
-        info.setdefault("notes", []).append(f"method not given: assumed {method} from the logged keys")
-    if method not in ("dpo", "simpo"):
-        raise PrefpilotError(f"method {method!r}: use dpo or simpo", code="bad_method")
-    cfg = dict(config or {"method": method, "model_name_or_path": DEFAULT_MODEL, "dataset_path": "builtin:arith-prefs"})
+    if method is not None and method not in METHODS:
+        raise PrefpilotError(f"method {method!r}: use one of {', '.join(METHODS)}", code="bad_method")
+    method, method_source = detect_method(hist, config, method)
+    if method_source != "config" and method_source != "given":
+        info.setdefault("notes", []).append(f"method: {method}, from the {method_source}")
+
+    cfg = dict(config or {})
+    sources = {k: "config" for k in cfg}
     cfg["method"] = method
     if beta is not None:
-        cfg["beta"] = beta
+        cfg["beta"], sources["beta"] = beta, "--beta"
     if gamma is not None:
-        cfg["simpo_gamma"] = gamma
-    if method == "simpo" and "simpo_gamma" not in cfg:
+        cfg["simpo_gamma"], sources["simpo_gamma"] = gamma, "--gamma"
+    if method == "simpo" and config:
         from ..config.normalize import normalize
         cfg = normalize(cfg)[0]
 
-    ctx = Ctx(hist=hist, method=method, cfg=cfg, table=catalogue(), found={})
+    split = "train"
+    keys_in = lambda rows: set().union(*map(dict.keys, rows)) if rows else set()  # noqa: E731
+    if not (keys_in(hist.train) & PREFERENCE_KEYS) and keys_in(hist.eval) & PREFERENCE_KEYS:
+        split = "eval"
+        info.setdefault("notes", []).append("only held-out (eval) rows carry rewards/log-probs: the rules read them")
+    table = catalogue()
+    ctx = Ctx(hist=hist, method=method, cfg=cfg, table=table, split=split, config_given=bool(config),
+              sources=sources)
+    ran = []
     for fid, rule in CATALOGUE.items():
+        applies = table["findings"][fid]["methods"]
+        if applies != "all" and method not in applies:
+            continue
+        ran.append(fid)
         f = rule(ctx)
         if f is not None:
             ctx.found[fid] = f
     findings = list(ctx.found.values())
-    _check_remedies(findings, cfg)
+    if method in ("dpo", "simpo"):  # the validator knows these two; other trainers' remedies stay as advice
+        base = cfg if config else {"method": method, "model_name_or_path": DEFAULT_MODEL,
+                                   "dataset_path": "builtin:arith-prefs", **{k: cfg[k] for k in sources}}
+        _check_remedies(findings, base)
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f["severity"]])
     problems = [f for f in findings if f["severity"] in ("error", "warning")]
-    last_step = hist.train[-1]["step"] if hist.train else (hist.eval[-1]["step"] if hist.eval else 0)
+    rows = ctx.rows
+    last_step = rows[-1]["step"] if rows else 0
+    lr, lr_src = ctx.lr
+    b, b_src = ctx.beta
+    report = {"method": method, "method_source": method_source, "steps": int(last_step), "findings": findings,
+              "rules_run": ran, "assumed": {"learning_rate": {"value": num(lr), "source": lr_src},
+                                            "beta": {"value": num(b), "source": b_src}},
+              "parsed": info}
+    if isinstance(cfg.get("loss_type"), list) and method == "dpo":
+        report["loss_type"] = cfg["loss_type"]
+    few = "too_few_points" in ctx.found
     if problems:
-        summary = f"{len(problems)} problem(s) in {int(last_step)} steps: " + "; ".join(
+        report["verdict"] = "problems"
+        report["summary"] = f"{len(problems)} problem(s) in {int(last_step)} steps: " + "; ".join(
             f"{f['id']} ({f['severity']}, steps {f['steps'][0]:g}-{f['steps'][1]:g})" if f["steps"] else f["id"]
             for f in problems)
+    elif few:
+        report["verdict"] = "inconclusive"
+        n = len(rows)
+        report["summary"] = (f"inconclusive: {n} logged point(s) are too few for the trend checks and none of the "
+                             f"one-row checks fired")
+        report["to_decide"] = ctx.found["too_few_points"]["explanation"]
     else:
-        summary = f"healthy: none of the {len(CATALOGUE)} checks fired over {int(last_step)} steps"
-        if findings:
-            summary += " (" + ", ".join(f["id"] for f in findings) + " noted)"
-    return {"method": method, "steps": int(last_step), "healthy": not problems, "findings": findings,
-            "summary": summary, "parsed": info}
+        report["verdict"] = "healthy"
+        report["summary"] = f"healthy: none of the {len(ran)} {method.upper()} checks fired over {int(last_step)} steps"
+        noted = [f["id"] for f in findings]
+        if noted:
+            report["summary"] += " (" + ", ".join(noted) + " noted)"
+    report["healthy"] = report["verdict"] == "healthy"
+    return report
 
 
 def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=None, gamma=None, plot=None) -> dict:
@@ -139,4 +203,4 @@ def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=Non
     return report
 
 
-__all__ = ["diagnose", "diagnose_source", "load_history", "History", "catalogue"]
+__all__ = ["diagnose", "diagnose_source", "detect_method", "load_history", "History", "catalogue", "METHODS"]

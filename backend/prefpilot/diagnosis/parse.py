@@ -1,10 +1,14 @@
 """Turn whatever a person has into rows of canonical metrics.
 
 Accepted: a run dir; metrics.jsonl; TRL/transformers trainer_state.json (its
-``log_history``); a list of dicts; CSV/TSV exports (W&B, pandas); console output
-with the ``{'loss': ...}`` dicts transformers prints; ``key=value`` lines from custom
-loops. Metric names from other trainers are mapped to TRL's (``reward_margin`` ->
-``rewards/margins``). Every row is a dict of floats (NaN/inf kept), with ``step``.
+``log_history``); LLaMA-Factory's trainer_log.jsonl; a list of dicts; CSV/TSV exports
+(W&B, pandas); console output with the ``{'loss': ...}`` dicts transformers prints
+(tqdm bars and ``15 {...}`` step prefixes included); ``key=value`` lines from custom
+loops; the table transformers prints in notebooks and the "Training results" Markdown
+table (and results list) of a model card; TensorBoard event files (with the optional
+``tensorboard`` package). Metric names from other trainers are mapped to TRL's
+(``reward_margin`` -> ``rewards/margins``). Every row is a dict of floats (NaN/inf
+kept), with ``step``.
 """
 from __future__ import annotations
 
@@ -26,12 +30,16 @@ from ..errors import PrefpilotError
 # Names the rules read (TRL's spelling).
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
            "logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rejected",
-           "grad_norm", "learning_rate", "nll_loss")
-# Logged by TRL/transformers but not used by the rules: kept quiet, not reported as unrecognised.
-BOOKKEEPING = {"epoch", "num_tokens", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy",
+           "grad_norm", "learning_rate", "nll_loss", "epoch", "entropy", "logits/chosen", "logits/rejected",
+           # other trainers' own keys: they tell which trainer wrote a log (KTO: kl; ORPO: odds ratios)
+           "kl", "log_odds_ratio", "log_odds_chosen", "odds_ratio_loss")
+# Logged by TRL/transformers/LLaMA-Factory but not used by the rules: kept quiet, not reported as unrecognised.
+BOOKKEEPING = {"num_tokens", "mean_token_accuracy",
                "wall_time", "tokens_per_second", "total_flos", "runtime", "samples_per_second",
                "steps_per_second", "num_input_tokens_seen", "timestamp", "_runtime", "_timestamp", "time",
-               "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+               "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
+               "total_steps", "percentage", "elapsed_time", "remaining_time", "throughput", "total_tokens",
+               "predict_loss", "reward", "aux_loss"}
 
 _ALIASES = {
     "rewards/margins": ["reward_margin", "reward_margins", "rewards_margin", "rewards_margins", "margin",
@@ -56,7 +64,9 @@ _ALIASES = {
     "grad_norm": ["gradient_norm", "grad-norm", "gnorm", "grad_norm_total", "total_norm"],
     "learning_rate": ["lr"],
     "nll_loss": ["sft_loss", "nll"],
-    "step": ["global_step", "iteration", "iter", "it", "steps", "_step", "train/global_step", "trainer/global_step"],
+    "odds_ratio_loss": ["or_loss", "orpo_loss"],
+    "step": ["global_step", "iteration", "iter", "it", "steps", "_step", "train/global_step", "trainer/global_step",
+             "current_steps"],
 }
 ALIAS = {a: canon for canon, names in _ALIASES.items() for a in names}
 KNOWN = set(METRICS) | {"step"}
@@ -146,6 +156,16 @@ def _literal_dict(text: str):
     return obj if isinstance(obj, dict) else None
 
 
+# what may precede a logged dict on its line: "15 {...}", "step 15: {...}", or a tqdm bar "| 15/200 [00:30<..]"
+_STEP_PREFIX = re.compile(r"(?:^|\s)(?:step\s*)?(\d+)\s*[:|\-]?\s*$", re.I)
+_TQDM_COUNT = re.compile(r"\|\s*(\d+)/\d+\s*\[[^\]]*\]\s*$")
+
+
+def _prefix_step(prefix: str):
+    m = _TQDM_COUNT.search(prefix) or _STEP_PREFIX.search(prefix)
+    return int(m.group(1)) if m else None
+
+
 def _console_rows(text: str, info: dict) -> list[dict]:
     rows, ignored = [], []
     for line in text.splitlines():
@@ -155,6 +175,10 @@ def _console_rows(text: str, info: dict) -> list[dict]:
         for m in _DICT.finditer(line):
             d = _literal_dict(m.group(0))
             if d:
+                if not any(canonical(k)[1] == "step" for k in d):
+                    step = _prefix_step(line[:m.start()])
+                    if step is not None:
+                        d["step"] = step
                 rows.append(d)
                 found = True
         if not found:
@@ -183,6 +207,97 @@ def _looks_like_csv(text: str) -> bool:
         return False
     cols = [c.strip().strip('"') for c in head.split(delim)]
     return any(canonical(c)[1] for c in cols) and not any(_NUM.fullmatch(c) for c in cols if c)
+
+
+# ----------------------------------------------------------------------------- tables
+_MD_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+_CELL_SPLIT = re.compile(r"\t|\s{2,}")
+_MISSING = {"", "no log", "-", "—", "none", "null", "n/a"}
+
+
+def _table_column(h: str) -> str:
+    """A column heading of transformers' tables -> a key normalise_rows understands.
+
+    In the notebook table and the model card's "Training results", only "Training Loss" is a training
+    metric: every other metric column holds the evaluation results of that row.
+    """
+    n = re.sub(r"\s*/\s*", "/", h.strip()).lower().replace(" ", "_")
+    if n in ("training_loss", "train_loss"):
+        return "loss"
+    if n in ("validation_loss", "eval_loss", "val_loss"):
+        return "eval_loss"
+    if n in ("step", "epoch"):
+        return n
+    return "eval_" + n
+
+
+def _table_rows(text: str, info: dict) -> list[dict] | None:
+    """Rows of a Markdown table (model card "Training results") or a notebook table, or None if there is none."""
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    for i, ln in enumerate(lines[1:], 1):  # Markdown: a header line, then |---|---|
+        if _MD_SEP.match(ln) and lines[i - 1].strip().startswith("|"):
+            head = [c.strip() for c in lines[i - 1].strip().strip("|").split("|")]
+            body = []
+            for row in lines[i + 1:]:
+                if not row.strip().startswith("|"):
+                    break
+                body.append([c.strip() for c in row.strip().strip("|").split("|")])
+            info["format"] = "markdown table (model card)"
+            return _cells_to_rows(head, body)
+    for i, ln in enumerate(lines):  # notebook: "Step  Training Loss  Validation Loss  Rewards/chosen ..."
+        cells = [c.strip() for c in _CELL_SPLIT.split(ln.strip()) if c.strip()]
+        low = [c.lower() for c in cells]
+        if "step" in low and any(c in low for c in ("training loss", "validation loss", "epoch")):
+            body = []
+            for row in lines[i + 1:]:
+                vals = [c.strip() for c in _CELL_SPLIT.split(row.strip()) if c.strip()]
+                if not vals:
+                    continue
+                if len(vals) != len(cells) or to_float(vals[0]) is None:
+                    break
+                body.append(vals)
+            if body:
+                info["format"] = "notebook table"
+                return _cells_to_rows(cells, body)
+    return None
+
+
+def _cells_to_rows(head: list[str], body: list[list[str]]) -> list[dict]:
+    cols = [_table_column(h) for h in head]
+    out = []
+    for cells in body:
+        out.append({c: v for c, v in zip(cols, cells) if v.strip().lower() not in _MISSING})
+    return out
+
+
+_CARD_ITEM = re.compile(r"^\s*[-*]\s*([A-Za-z][\w/ .()-]*?)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)\s*$",
+                        re.I)
+
+
+def _card_results(text: str, info: dict) -> list[dict] | None:
+    """A model card's "results on the evaluation set" list (one eval row) and its hyperparameters list."""
+    results, hyper, where = {}, {}, None
+    for ln in text.splitlines():
+        low = ln.lower()
+        if "results on the evaluation set" in low:
+            where = results
+            continue
+        if "hyperparameters were used" in low:
+            where = hyper
+            continue
+        if ln.strip().startswith("#"):
+            where = None
+            continue
+        m = _CARD_ITEM.match(ln)
+        if m and where is not None:
+            where[m.group(1).strip()] = m.group(2)
+    if hyper:
+        info["hyperparameters"] = {k.strip().lower().replace(" ", "_"): to_float(v) for k, v in hyper.items()
+                                   if to_float(v) is not None}
+    if not results:
+        return None
+    info["format"] = "model card results list"
+    return [{_table_column(k): v for k, v in results.items()}]
 
 
 def _from_json_obj(obj, info: dict) -> list[dict]:
@@ -233,30 +348,74 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
             info["format"] = "jsonl"
             info["ignored_lines"] = bad
             return rows
+    table = _table_rows(s, info)
+    if table:
+        _card_results(s, info)  # the card's hyperparameters (learning rate) come with its table
+        return table
     if _looks_like_csv(s):
         info["format"] = "csv/tsv"
         return _csv_rows(s)
+    card = _card_results(s, info)
+    if card:
+        return card
     info["format"] = "console log"
     return _console_rows(s, info)
 
 
+TFEVENTS = "events.out.tfevents"
+
+
 def _read_path(path: Path, info: dict) -> list[dict]:
     if path.is_dir():
-        candidates = [path / "metrics.jsonl", path / "trainer_state.json"]
+        candidates = [path / "metrics.jsonl", path / "trainer_state.json", path / "trainer_log.jsonl"]
         cks = sorted(path.glob("checkpoints/checkpoint-*/trainer_state.json"),
                      key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1)
         candidates += cks[::-1]
         found = next((c for c in candidates if c.is_file() and c.stat().st_size > 0), None)
         if found is None:
-            raise PrefpilotError(f"{path}: no metrics.jsonl or trainer_state.json in this directory (has the run "
-                                 "logged a step yet?)", code="no_metrics")
+            events = sorted(path.rglob(f"{TFEVENTS}*"))
+            if events:
+                info["source"] = str(path)
+                return _tensorboard_rows(events, info)
+            raise PrefpilotError(f"{path}: no metrics.jsonl, trainer_state.json, trainer_log.jsonl or TensorBoard "
+                                 "event file in this directory (has the run logged a step yet?)", code="no_metrics")
         path = found
+    if path.name.startswith(TFEVENTS):
+        info["source"] = str(path)
+        return _tensorboard_rows([path], info)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as exc:
         raise PrefpilotError(f"{path}: cannot read ({exc.strerror})", code="unreadable_history") from None
+    if b"\0" in data[:8192]:
+        raise PrefpilotError(f"{path}: a binary file, not a training log (pass metrics.jsonl, trainer_state.json, "
+                             "trainer_log.jsonl, a CSV, a console log or a TensorBoard event file)",
+                             code="unreadable_history")
     info["source"] = str(path)
-    return rows_from_text(text, info)
+    return rows_from_text(data.decode("utf-8", errors="replace"), info)
+
+
+def _tensorboard_rows(files: list[Path], info: dict) -> list[dict]:
+    """Scalars of TensorBoard event files, one row per step (tags like train/loss, eval/rewards/margins)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        raise PrefpilotError(f"{files[0]}: a TensorBoard event file; reading it needs the tensorboard package "
+                             "(pip install 'prefpilot[tensorboard]'), or pass the run's trainer_state.json instead",
+                             code="missing_extra") from None
+    by_step: dict = {}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})  # 0 = keep every point
+        try:
+            acc.Reload()
+        except Exception as exc:  # a truncated or foreign file: say which, not a traceback
+            raise PrefpilotError(f"{f}: not a readable TensorBoard event file ({exc})",
+                                 code="unreadable_history") from None
+        for tag in acc.Tags().get("scalars", []):
+            for ev in acc.Scalars(tag):
+                by_step.setdefault(ev.step, {"step": ev.step})[tag] = ev.value
+    info["format"] = "tensorboard"
+    return [by_step[k] for k in sorted(by_step)]
 
 
 # ----------------------------------------------------------------------------- normalising rows
@@ -298,6 +457,7 @@ def _key_plan(k) -> tuple[str, str | None, bool, str]:
 
 
 _NUMBER = {float, int}
+_CONTEXT_KEYS = {"epoch", "learning_rate"}
 
 
 def _row_plan(keys: tuple) -> tuple:
@@ -372,6 +532,11 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
         if step is None or not math.isfinite(step):
             step = float(order)
             info["steps_inferred"] = True
+        if tr and tr.keys() <= _CONTEXT_KEYS:  # only epoch/learning_rate: the context of an eval row, not a point
+            if ev:
+                ev.update(tr)
+            tr = {}
+            mixed = True
         if tr:
             tr["step"] = step
             hist.train.append(tr)
