@@ -143,7 +143,11 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
         if applies != "all" and method not in applies:
             continue
         ran.append(fid)
-        f = rule(ctx)
+        try:
+            f = rule(ctx)
+        except Exception as exc:  # a rule bug must not cost the user the other findings (or show a traceback)
+            info.setdefault("rule_errors", []).append(f"{fid}: {type(exc).__name__}: {exc}")
+            continue
         if f is not None:
             ctx.found[fid] = f
     findings = list(ctx.found.values())

@@ -350,7 +350,15 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
             return rows
     table = _table_rows(s, info)
     if table:
-        _card_results(s, info)  # the card's hyperparameters (learning rate) come with its table
+        final = _card_results(s, info)  # the card's final results and hyperparameters come with its table
+        if final and table[-1].keys() >= final[0].keys() and \
+                all(to_float(table[-1][k]) == to_float(v) for k, v in final[0].items()):
+            final = None  # the table's last row is the final evaluation already
+        if final:
+            last = max((to_float(r.get("step")) or 0 for r in table), default=0)
+            epochs = info.get("hyperparameters", {}).get("num_epochs")
+            table.append({**final[0], "step": last + 1, **({"epoch": epochs} if epochs else {})})
+            info["notes"].append("the card's final evaluation results are placed after the table's last row")
         return table
     if _looks_like_csv(s):
         info["format"] = "csv/tsv"

@@ -44,6 +44,9 @@ class Ctx:
         v = self.cfg.get("learning_rate")
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
             return float(v), self.sources.get("learning_rate", "config")
+        card = self.hist.info.get("hyperparameters", {}).get("learning_rate")
+        if card:
+            return float(card), "model card hyperparameters"
         _, logged = self.finite("learning_rate", "train")
         if logged and max(logged) > 0:
             return max(logged), "logged learning_rate (peak)"

@@ -53,11 +53,8 @@ def nan_loss(ctx: Ctx):
            "causes: fp16 overflow, a learning rate far too high, empty completions.")
     remedies = _nan_remedies(ctx)
     if ctx.method in ("simpo", "cpo") and {"logps/chosen", "logps/rejected"} & set(others):
-        # SimPO/CPO average log-probs over completion tokens: zero tokens left gives 0/0
-        why += (" With SimPO/CPO, NaN log-probs usually mean a completion with no tokens left after truncation "
-                "(the prompt fills max_length): the average over zero tokens is 0/0.")
-        ml = ctx.cfg.get("max_length") if isinstance(ctx.cfg.get("max_length"), int) else 1024
-        remedies.insert(0, remedy(ctx, {"max_length": ml * 2}, "leave room for the completion after the prompt"))
+        why += _EMPTY_SIMPO
+        remedies.insert(0, _room_for_completion(ctx))
     return finding(ctx, "nan_loss", [first, last],
                    {"first_step": first, "rows_affected": len({s for v in hits.values() for s in v}),
                     "keys": keys}, why, remedies)
@@ -88,9 +85,23 @@ def nonfinite_metrics(ctx: Ctx):
                 "positions (often padding under fp16/bf16 overflow); the loss can survive it for a while, the "
                 "outputs may not")
     why += ". Every update after a non-finite gradient is garbage."
+    remedies = _nan_remedies(ctx)
+    if ctx.method in ("simpo", "cpo") and {"logps/chosen", "logps/rejected"} & set(hits):
+        why += _EMPTY_SIMPO
+        remedies.insert(0, _room_for_completion(ctx))
     return finding(ctx, "nonfinite_metrics", [first, last],
                    {"first_step": first, "keys": keys, "steps_per_key": {k: v[:5] for k, v in hits.items()},
-                    "masked_loss_steps": masked[:5]}, why, _nan_remedies(ctx))
+                    "masked_loss_steps": masked[:5]}, why, remedies)
+
+
+# SimPO/CPO average log-probs over completion tokens: zero tokens left gives 0/0
+_EMPTY_SIMPO = (" With SimPO/CPO, NaN log-probs usually mean a completion with no tokens left after truncation (the "
+                "prompt fills max_length): the average over zero tokens is 0/0.")
+
+
+def _room_for_completion(ctx: Ctx) -> dict:
+    ml = ctx.cfg.get("max_length") if isinstance(ctx.cfg.get("max_length"), int) else 1024
+    return remedy(ctx, {"max_length": ml * 2}, "leave room for the completion after the prompt")
 
 
 def _moved(ctx: Ctx) -> bool:
@@ -199,8 +210,8 @@ def reference_mismatch(ctx: Ctx):
     else:
         return None
     beta, src = ctx.beta
-    size = max(abs(r0.get(k, 0.0)) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")
-               if math.isfinite(r0.get(k, 0.0)))
+    size = max((abs(r0.get(k, 0.0)) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")
+                if math.isfinite(r0.get(k, 0.0))), default=0.0)
     nats = size / beta
     if nats < limit:
         return None

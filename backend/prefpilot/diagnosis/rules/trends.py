@@ -275,8 +275,6 @@ def likelihood_displacement(ctx: Ctx):
 
 
 def eval_divergence(ctx: Ctx):
-    if ctx.split == "eval":
-        return None  # only held-out metrics were logged: nothing to compare them with
     t = ctx.th("eval_divergence")
     why, ev = [], {}
     best_step = None
@@ -301,6 +299,9 @@ def eval_divergence(ctx: Ctx):
     after = [v for s, v in zip(ts, tm) if s >= best_step]
     lafter = [v for s, v in zip(tl_s, tl) if s >= best_step]
     rising = (len(after) >= 2 and after[-1] > after[0]) or (len(lafter) >= 2 and lafter[-1] < lafter[0])
+    if not tm:  # only held-out rewards (a model card): a margin still growing after the best eval loss is the sign
+        eafter = [v for s, v in zip(es, em) if s >= best_step]
+        rising = rising or (len(eafter) >= 2 and eafter[-1] > eafter[0])
     if not rising:
         return None  # train is not improving either: not overfitting
     remedies = [remedy(ctx, {"max_steps": int(best_step)}, f"stop where eval was best (step {best_step:g})"),
@@ -309,8 +310,8 @@ def eval_divergence(ctx: Ctx):
         remedies.append(remedy(ctx, {"beta": sig(min(ctx.beta[0] * 2, 1.0))}, "stay closer to the reference"))
     last = (es or ls)[-1]
     return finding(ctx, "eval_divergence", [best_step, last], ev,
-                   "Overfitting the training pairs: " + "; ".join(why) + " while the training margin kept "
-                   "improving.", remedies)
+                   "Overfitting the training pairs: " + "; ".join(why) + " while the " + ("training" if tm else "held-out")
+                   + " margin kept growing (more epochs than the data supports, or too high a learning rate).", remedies)
 
 
 def _running_median(vals: list[float], i: int, window: int) -> float:
