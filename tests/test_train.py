@@ -109,8 +109,32 @@ def test_nan_loss_stops_the_run_as_failed(tiny, tmp_path):
     with pytest.raises(PrefpilotError, match="step 1"):
         run(bad.parent, tmp_path, model_name_or_path=str(bad), max_steps=5)
     st = rundir.read_status(tmp_path / "run")
-    assert st["state"] == "failed" and st["failed_step"] == 1 and "non-finite" in st["error"]
+    assert st["state"] == "failed" and st["failed_step"] == 1 and "Non-finite" in st["error"]
+    assert st["stopped_by"]["id"] == "nan_loss"
     assert rundir.read_metrics(tmp_path / "run")[0]["loss"] == "nan"
+
+
+def test_live_diagnosis_stops_a_run_that_goes_nan_with_a_checkpoint(tiny, tmp_path):
+    from transformers import TrainerCallback
+
+    class Poison(TrainerCallback):  # the weights turn NaN after step 3: the next forward pass is NaN
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 3:
+                with torch.no_grad():
+                    model.model.norm.weight.fill_(float("nan"))
+
+    base = {"method": "dpo", "model_name_or_path": str(tiny), "dataset_path": "builtin:arith-prefs",
+            "per_device_train_batch_size": 2, "max_steps": 12, "logging_steps": 1, "max_length": 64,
+            "save_strategy": "no"}
+    with pytest.raises(PrefpilotError, match="live diagnosis at step 4"):
+        train(base, tmp_path / "run", progress=False, callbacks=[Poison()])
+    st = rundir.read_status(tmp_path / "run")
+    assert st["state"] == "failed" and st["stopped_by"]["id"] in ("nan_loss", "nonfinite_metrics")
+    assert st["stopped_by"]["step"] == 4 and st["error"].startswith("stopped by the live diagnosis")
+    assert st["checkpoint"].endswith("checkpoint-4")  # saved at the stop although save_strategy is "no"
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
+    assert [f["id"] for f in st["findings"]][0] in ("nan_loss", "nonfinite_metrics")
+    assert len(rundir.read_metrics(tmp_path / "run")) == 4  # nothing trained past the stop
 
 
 def test_bad_rows_are_reported_before_any_model_load(tmp_path):

@@ -198,6 +198,10 @@ def format_status(s: dict) -> str:
     if shown:
         lines.append("  last: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in shown.items()))
+    live = [f for f in s.get("findings") or [] if f.get("severity") in ("error", "warning")]
+    if s.get("verdict") or live:
+        lines.append(f"  live diagnosis: {s.get('verdict', '?')}" + (
+            "; " + ", ".join(f"{f['id']} ({f['severity']})" for f in live) if live else ""))
     if s.get("error"):
         lines.append(f"  error: {s['error']}")
     if s.get("checkpoint"):

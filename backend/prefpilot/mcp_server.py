@@ -94,6 +94,8 @@ class RunStatus(TypedDict, total=False):
     started_at: str | None
     finished_at: str | None
     note: str
+    findings: list[dict[str, Any]] | None      # live diagnosis of the history so far
+    stopped_by: dict[str, Any] | None          # the finding that stopped the run (config diagnose.stop_on)
 
 
 class RunSummary(TypedDict, total=False):
@@ -107,24 +109,26 @@ class RunSummary(TypedDict, total=False):
     error: str | None
 
 
-class Remedy(TypedDict):
-    change: dict[str, Any]
-    why: str
-
-
-class DiagnosisFinding(TypedDict):
+class DiagnosisFinding(TypedDict, total=False):
     id: str
     severity: Literal["error", "warning", "info"]
     steps: list[float] | None
     evidence: dict[str, Any]
     explanation: str
-    remedies: list[Remedy]
+    remedies: list[dict[str, Any]]   # {change, from: {key: {value, source}}, why}
+    sources: str
 
 
 class Diagnosis(TypedDict, total=False):
     method: str
+    method_source: str
+    loss_type: list[str]
     steps: int
+    verdict: Literal["healthy", "problems", "inconclusive"]
     healthy: bool
+    rules_run: list[str]
+    assumed: dict[str, Any]
+    to_decide: str
     findings: list[DiagnosisFinding]
     summary: str
     parsed: dict[str, Any]

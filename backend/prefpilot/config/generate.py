@@ -38,6 +38,21 @@ PREFPILOT_FIELDS = {
             "bf16_supported": {"type": "boolean"},
         },
     },
+    "diagnose": {
+        "type": "object", "additionalProperties": False,
+        "description": "prefpilot: live diagnosis during training (the rules of `prefpilot diagnose` on the history "
+                       "so far; current findings in status.json).",
+        "properties": {
+            "stop_on": {"enum": ["never", "nonfinite", "error", "warning"], "default": "nonfinite",
+                        "description": "which findings stop the run with a checkpoint: NaN/inf only (default), "
+                                       "any error-level finding, any warning or error, or none"},
+            "min_steps": {"type": "integer", "minimum": 0, "default": 10,
+                          "description": "trend findings may stop the run only after this many steps "
+                                         "(one-row signatures stop it at once)"},
+            "every_s": {"type": "number", "exclusiveMinimum": 0, "default": 10,
+                        "description": "seconds between diagnoses (a row with NaN/inf is diagnosed at once)"},
+        },
+    },
 }
 SIMPO_FIELDS = {
     "gamma_beta_ratio": {"type": "number", "minimum": 0, "x-code": "range",

@@ -1,4 +1,10 @@
-"""A TrainerCallback that writes metrics.jsonl and status.json as training goes, and stops on NaN/inf."""
+"""A TrainerCallback that writes metrics.jsonl and status.json as training goes, and diagnoses the run live.
+
+The diagnosis rules (prefpilot.diagnosis) run on the history so far: at once when a row holds NaN/inf,
+otherwise at most every ``every_s`` seconds (a long run's history grows, and each pass reads all of it).
+The current findings go to status.json; config ``diagnose: {stop_on: ...}`` decides which of them stop
+the run, with a checkpoint, the reason in status.json.
+"""
 from __future__ import annotations
 
 import math
@@ -10,18 +16,41 @@ from .. import rundir
 
 from .stop import STOP  # set by the SIGTERM handler (entry.py)
 
-RUN_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
+# stop_on: which findings stop a run. "nonfinite" (the default) keeps the old promise: NaN/inf stops it.
+STOP_ON = ("never", "nonfinite", "error", "warning")
+NONFINITE = ("nan_loss", "nonfinite_metrics")
+DEFAULTS = {"stop_on": "nonfinite", "min_steps": 10, "every_s": 10.0}
+
+
+def live_settings(cfg: dict) -> dict:
+    return {**DEFAULTS, **(cfg.get("diagnose") or {})}
+
+
+def should_stop(finding: dict, stop_on: str, step: int, min_steps: int, kinds: dict) -> bool:
+    """Signatures stop at once; trend findings only after ``min_steps`` (early points are noisy)."""
+    if stop_on == "never":
+        return False
+    if stop_on == "nonfinite":
+        return finding["id"] in NONFINITE
+    levels = ("error",) if stop_on == "error" else ("error", "warning")
+    if finding["severity"] not in levels:
+        return False
+    return kinds.get(finding["id"]) == "signature" or step >= min_steps
 
 
 class RunRecorder(TrainerCallback):
-    def __init__(self, run_dir, start_step: int = 0):
+    def __init__(self, run_dir, start_step: int = 0, config: dict | None = None):
         self.run_dir = run_dir
         self.t0 = time.time()
         self.start_step = start_step
         self.last_tokens = None
         self.last_time = None
-        self.nan_step = None
         self.last_status = 0.0
+        self.config = dict(config or {})
+        self.live = live_settings(self.config)
+        self.rows: list[dict] = []
+        self.last_diagnosis = 0.0
+        self.stopped_by: dict | None = None
 
     def on_train_begin(self, args, state, control, **kw):
         if state.is_world_process_zero:
@@ -49,12 +78,32 @@ class RunRecorder(TrainerCallback):
                 row["tokens_per_second"] = round((tokens - self.last_tokens) / (now - self.last_time), 1)
             self.last_tokens, self.last_time = tokens, now
         rundir.append_metrics(self.run_dir, row)
-        bad = [k for k in RUN_KEYS if isinstance(logs.get(k), float) and not math.isfinite(logs[k])]
-        if bad and self.nan_step is None:
-            self.nan_step = state.global_step
-            control.should_training_stop = True
-            rundir.update_status(self.run_dir, state="failed", error=f"non-finite {', '.join(bad)} at step "
-                                 f"{state.global_step}: training stopped", failed_step=state.global_step)
+        self.rows.append(row)
+        bad = any(isinstance(v, float) and not math.isfinite(v) for v in logs.values())
+        if self.stopped_by is None and (bad or now - self.last_diagnosis >= self.live["every_s"]):
+            self.last_diagnosis = now
+            self._diagnose(state, control)
+
+    def _diagnose(self, state, control) -> None:
+        from ..diagnosis import catalogue, diagnose
+        try:
+            report = diagnose(list(self.rows), config=self.config)
+        except Exception as exc:  # the diagnosis must never take the training down
+            rundir.update_status(self.run_dir, diagnosis_error=f"{type(exc).__name__}: {exc}")
+            return
+        kinds = {fid: f["kind"] for fid, f in catalogue()["findings"].items()}
+        current = [{"id": f["id"], "severity": f["severity"], "steps": f["steps"],
+                    "explanation": f["explanation"][:300]} for f in report["findings"]]
+        fields = {"findings": current, "verdict": report["verdict"]}
+        for f in report["findings"]:
+            if should_stop(f, self.live["stop_on"], state.global_step, self.live["min_steps"], kinds):
+                self.stopped_by = {"id": f["id"], "severity": f["severity"], "step": state.global_step,
+                                   "explanation": f["explanation"], "stop_on": self.live["stop_on"]}
+                fields["stopped_by"] = self.stopped_by
+                control.should_save = True  # a checkpoint at this step, to inspect or to resume from
+                control.should_training_stop = True
+                break
+        rundir.update_status(self.run_dir, **fields)
 
     STATUS_EVERY_S = 2.0  # status.json is for pollers; rewriting it every step cost ~6% of a small step
 
@@ -62,7 +111,7 @@ class RunRecorder(TrainerCallback):
         if STOP["requested"]:  # a cancel: save a checkpoint at this step, then leave the loop
             control.should_save = True
             control.should_training_stop = True
-        if not state.is_world_process_zero or self.nan_step is not None:
+        if not state.is_world_process_zero or self.stopped_by is not None:
             return
         done = state.global_step
         total = max(state.max_steps, 1)

@@ -215,10 +215,12 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
         eval_ds = Dataset.from_list(eval_rows)
     train_ds = Dataset.from_list(train_rows)
     ck = last_checkpoint(run_dir) if resume else None
-    recorder = RunRecorder(run_dir)
     if ck is not None and main:
         dropped = rundir.truncate_metrics(run_dir, int(ck.name.split("-")[-1]))
         log.info("resuming from %s (dropped %d metric rows logged after it)", ck.name, dropped)
+    recorder = RunRecorder(run_dir, config=cfg)
+    if ck is not None:
+        recorder.rows = rundir.read_metrics(run_dir)  # the live diagnosis judges the whole run, not the tail
 
     if cfg["method"] == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -232,9 +234,15 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
         trainer.simpo_loss = cfg.get("simpo_loss", "sigmoid")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(ck) if ck else None)
-    if recorder.nan_step is not None:
-        raise PrefpilotError(f"non-finite loss (NaN/inf) at step {recorder.nan_step}: training stopped; see the diagnosis "
-                             "(lower learning_rate, check the data, use fp32/bf16 instead of fp16)", code="nan_loss")
+    if recorder.stopped_by is not None:
+        f = recorder.stopped_by
+        ck = last_checkpoint(run_dir)
+        msg = (f"stopped by the live diagnosis at step {f['step']}: {f['id']} ({f['severity']}). {f['explanation']} "
+               f"`prefpilot diagnose {run_dir}` lists the remedies.")
+        if main:
+            rundir.update_status(run_dir, state="failed", error=msg, failed_step=f["step"], finished_at=rundir.now(),
+                                 checkpoint=str(ck) if ck else None)
+        raise PrefpilotError(msg, code="stopped_by_diagnosis")
     if STOP["requested"]:
         ck = last_checkpoint(run_dir)
         if main:
