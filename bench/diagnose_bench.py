@@ -24,9 +24,11 @@ def history(n: int, seed: int = 0) -> list[dict]:
     for i in range(1, n + 1):
         t = i / n
         rows.append({"step": i, "loss": 0.69 - 0.3 * (1 - math.exp(-3 * t)) + rng.gauss(0, 0.03),
-                     "rewards/margins": 1.5 * (1 - math.exp(-3 * t)) + rng.gauss(0, 0.08),
+                     "rewards/margins": 1.5 * (1 - math.exp(-3 * t)) + rng.gauss(0, 0.08) if i > 1 else 0.0,
                      "rewards/accuracies": sum(rng.random() < 0.5 + 0.3 * t for _ in range(8)) / 8,
-                     "rewards/chosen": 0.1, "rewards/rejected": -0.1, "logps/chosen": -120 - 2 * t,
+                     # step 1 logs exactly 0 rewards in TRL (policy = reference before any update)
+                     "rewards/chosen": 0.1 if i > 1 else 0.0, "rewards/rejected": -0.1 if i > 1 else 0.0,
+                     "logps/chosen": -120 - 2 * t,
                      "logps/rejected": -125 - 15 * t, "grad_norm": 6 + rng.gauss(0, 1), "learning_rate": 5e-7,
                      "epoch": t})
         if i % 500 == 0:

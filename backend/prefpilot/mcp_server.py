@@ -300,13 +300,18 @@ def build_server(ws: Workspace) -> MCPServer:
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     def diagnose_run(run_id: str | None = None, metrics_path: str | None = None,
-                     method: Literal["dpo", "simpo"] | None = None, plot: bool = True
+                     method: Literal["dpo", "simpo", "cpo", "orpo", "kto"] | None = None, plot: bool = True
                      ) -> Annotated[CallToolResult, Diagnosis]:
-        """Find reward-margin pathologies (no learning, negative margins, margin explosion, likelihood
-        displacement, eval divergence, NaN, gradient spikes, SimPO margin below γ, too-high learning rate) in a
-        run (run_id) or a metrics file inside the workspace (metrics.jsonl, trainer_state.json, CSV/TSV or a
-        console log). Each finding has evidence, an explanation and remedies as config changes that
-        validate. With plot=true the curves come back as a PNG image."""
+        """Diagnose a preference run (run_id) or a log file inside the workspace (metrics.jsonl,
+        trainer_state.json, trainer_log.jsonl, CSV/TSV, a console log, a model card, TensorBoard events).
+        One-row signatures (NaN anywhere, zero gradient, zero rewards, empty completions, reference
+        mismatch, instant saturation, learning rate out of range) work on a few pasted lines; trend rules
+        (no learning, chance accuracy, negative margins, degeneration, margin explosion, likelihood
+        displacement, eval divergence, gradient spikes) need a run of points. verdict is healthy, problems
+        or inconclusive (too few points: the report says what to log). The method (dpo/simpo/cpo/orpo/kto)
+        comes from the run's config or the logged keys and decides which rules run. Each finding has
+        evidence, an explanation and remedies as config changes that say what they change from. With
+        plot=true the curves come back as a PNG image."""
         from . import runs
         from .diagnosis import diagnose_source
         if (run_id is None) == (metrics_path is None):

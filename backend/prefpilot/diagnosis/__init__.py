@@ -130,8 +130,8 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
         cfg = normalize(cfg)[0]
 
     split = "train"
-    keys_in = lambda rows: set().union(*map(dict.keys, rows)) if rows else set()  # noqa: E731
-    if not (keys_in(hist.train) & PREFERENCE_KEYS) and keys_in(hist.eval) & PREFERENCE_KEYS:
+    logged = lambda s: any(hist.series(k, s)[0] for k in PREFERENCE_KEYS)  # noqa: E731  (cached columns)
+    if not logged("train") and logged("eval"):
         split = "eval"
         info.setdefault("notes", []).append("only held-out (eval) rows carry rewards/log-probs: the rules read them")
     table = catalogue()

@@ -540,11 +540,10 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
         if step is None or not math.isfinite(step):
             step = float(order)
             info["steps_inferred"] = True
-        if tr and tr.keys() <= _CONTEXT_KEYS:  # only epoch/learning_rate: the context of an eval row, not a point
+        if len(tr) <= 2 and tr.keys() <= _CONTEXT_KEYS:  # only epoch/lr: the context of an eval row, not a point
             if ev:
                 ev.update(tr)
             tr = {}
-            mixed = True
         if tr:
             tr["step"] = step
             hist.train.append(tr)

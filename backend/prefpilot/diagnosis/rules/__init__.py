@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..parse import History
 
@@ -39,7 +40,7 @@ class Ctx:
         return self.table["findings"][fid]["thresholds"]
 
     # -- the run's settings, and where each came from
-    @property
+    @cached_property
     def lr(self) -> tuple[float, str]:
         v = self.cfg.get("learning_rate")
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
@@ -52,7 +53,7 @@ class Ctx:
             return max(logged), "logged learning_rate (peak)"
         return DEFAULT_LR, "TRL's default (assumed: not in a config or the log)"
 
-    @property
+    @cached_property
     def beta(self) -> tuple[float, str]:
         v = self.cfg.get("beta")
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:

@@ -7,6 +7,7 @@ before training has moved, a loss of zero from the start, a learning rate outsid
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 
 from . import Ctx, finding, num, remedy, scale_lr
 
@@ -116,9 +117,9 @@ def _moved(ctx: Ctx) -> bool:
 def no_gradient(ctx: Ctx):
     t = ctx.th("no_gradient")
     steps, g = ctx.hist.series("grad_norm", "train")
-    zero = [s for s, v in zip(steps, g) if v == 0.0]
-    if not zero or len(zero) < t["zero_share"] * len(g):
+    if g.count(0.0) < max(1, t["zero_share"] * len(g)):  # counted in C: the usual case ends here
         return None
+    zero = [s for s, v in zip(steps, g) if v == 0.0]
     moved = _moved(ctx) and ctx.method in ("dpo", "kto")
     remedies = [remedy(ctx, {}, "check that parameters are trainable: print the number of parameters with "
                                 "requires_grad (a frozen base model with no adapter trains nothing)")]
@@ -139,6 +140,8 @@ def no_gradient(ctx: Ctx):
 
 
 def empty_completions(ctx: Ctx):
+    if 0.0 not in ctx.hist.series("logps/chosen", ctx.split)[1]:  # the usual case, checked in C
+        return None
     rows = [r for r in ctx.rows if r.get("logps/chosen") == 0.0 and r.get("logps/rejected") == 0.0]
     if not rows:
         return None
@@ -158,14 +161,19 @@ def empty_completions(ctx: Ctx):
 def reference_tracks_policy(ctx: Ctx):
     if ctx.found.get("no_gradient", {}).get("severity") == "error" or "empty_completions" in ctx.found:
         return None  # no update happened, or nothing is scored: that is the cause
-    rows = [r for r in ctx.rows if "rewards/chosen" in r and "rewards/rejected" in r]
-    after = [r for r in rows if ctx.first_update(r) is not True]
-    if not after:
+    steps, rc = ctx.hist.series("rewards/chosen", ctx.split)
+    if 0.0 not in rc:  # the usual case, checked in C
         return None
-    zero = [r for r in after if r["rewards/chosen"] == 0.0 and r["rewards/rejected"] == 0.0
+    first = bisect_right(steps, 1) if ctx.step_known() and ctx.split == "train" else 0  # rows at step ≤ 1
+    after = len(rc) - first
+    share = ctx.th("reference_tracks_policy")["zero_share"]
+    if rc.count(0.0) - first < share * after:  # zero only at the first step, as TRL logs it: the usual case
+        return None
+    zero = [r for r in ctx.rows if r.get("rewards/chosen") == 0.0 and r.get("rewards/rejected") == 0.0
             and r.get("rewards/margins", 0.0) == 0.0
             and not (r.get("logps/chosen") == 0.0 and r.get("logps/rejected") == 0.0)]
-    if not zero or len(zero) < ctx.th("reference_tracks_policy")["zero_share"] * len(after):
+    zero = [r for r in zero if ctx.first_update(r) is not True]
+    if not zero or len(zero) < share * after:
         return None
     _, lpc = ctx.finite("logps/chosen")
     moving = len(set(lpc)) > 1
@@ -189,7 +197,7 @@ def reference_tracks_policy(ctx: Ctx):
     if src == "config" and beta <= 0:
         remedies.insert(0, remedy(ctx, {"beta": 0.1}, "β 0 makes every reward 0"))
     return finding(ctx, "reference_tracks_policy", [zero[0]["step"], zero[-1]["step"]],
-                   {"zero_reward_rows": len(zero), "rows_after_first_step": len(after),
+                   {"zero_reward_rows": len(zero), "rows_after_first_step": after,
                     "logps_chosen_moving": moving}, why, remedies,
                    severity=None if certain else "warning")
 
@@ -213,7 +221,7 @@ def reference_mismatch(ctx: Ctx):
     size = max((abs(r0.get(k, 0.0)) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")
                 if math.isfinite(r0.get(k, 0.0))), default=0.0)
     nats = size / beta
-    if nats < limit:
+    if nats <= limit:
         return None
     when = "at the first optimizer step, where policy and reference are the same weights" if first else \
         f"at the first logged point (step {r0['step']:g})"
@@ -238,9 +246,15 @@ def plumbing_before(ctx: Ctx) -> bool:
 
 def instant_saturation(ctx: Ctx):
     t = ctx.th("instant_saturation")
-    rows = [r for r in ctx.rows if "loss" in r and math.isfinite(r["loss"])]
-    early = [r for r in rows if ctx.at_start(r) and ctx.first_update(r) is not True][:t["first_points"]]
-    if not early or not rows or ctx.at_start(rows[0]) is not True:
+    early = []
+    for r in ctx.rows:  # rows are in step order: only the first few can be "at the start"
+        if "loss" not in r or not math.isfinite(r["loss"]):
+            continue
+        if ctx.at_start(r) is not True or len(early) == t["first_points"]:
+            break
+        if ctx.first_update(r) is not True:
+            early.append(r)
+    if not early:
         return None
     sat = [r for r in early if r["loss"] <= t["loss_below"]
            and r.get("rewards/accuracies", 1.0) >= t["accuracy_at_least"]]

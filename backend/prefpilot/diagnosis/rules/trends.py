@@ -163,7 +163,8 @@ def margin_explosion(ctx: Ctx):
             first_step = steps[n // 2]
     if scaled and ctx.method == "dpo" and not why:
         # one row is enough when the policy sits absurdly far from the reference with a zero loss
-        rows = [r for r in ctx.rows if r.get("rewards/margins", 0.0) / beta > limit and r.get("loss", 1.0) <= 0.01]
+        rows = [r for r in ctx.rows if r.get("rewards/margins", 0.0) / beta > limit
+                and r.get("loss", 1.0) <= 0.01] if marg and max(marg) / beta > limit else []
         if rows:
             r = max(rows, key=lambda r: r["rewards/margins"])
             ev.update(max_margin=r["rewards/margins"], margin_over_beta=r["rewards/margins"] / beta, limit=limit)
@@ -172,7 +173,7 @@ def margin_explosion(ctx: Ctx):
             first_step = r["step"]
     ps, loss = ctx.post("loss")
     _, pacc = ctx.post("rewards/accuracies")
-    if len(loss) >= t["min_points"] and len(pacc) == len(loss):
+    if len(loss) >= t["min_points"] and len(pacc) == len(loss) and min(loss) < t["saturated_loss"]:
         sat = [s for s, lv, a in zip(ps, loss, pacc) if lv < t["saturated_loss"] and a >= t["saturated_accuracy"]]
         if len(sat) >= t["saturated_share"] * len(loss):
             ev.update(saturated_points=len(sat), post_warmup_points=len(loss))
