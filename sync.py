@@ -4,7 +4,7 @@
 Standard library only: this runs before anything else is installed.
 
     python sync.py [--target DIR | --agent hermes|claude] [--dry-run] [--json]
-                   [--reset NAME] [--write-manifest]
+                   [--reset NAME] [--write-manifest] [--lock-timeout SECONDS]
 
 Invariants (each is kept by the line that says so below):
   I1  a user's edit is never overwritten or merged: only a copy whose hash still
@@ -37,6 +37,9 @@ SCHEMA_VERSION = 1
 STATE_DIR = ".prefpilot"          # everything of ours in a target lives here
 STATE_FILE = "state.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex: the only journal tokens sync writes
+OWN_DIRS = ("staging", "trash", "backups")  # our folders under .prefpilot: real folders, never links
+LOCK_TIMEOUT_S = 120.0
 IGNORED = {"__pycache__", ".DS_Store"}
 RESULT_KEYS = ("copied", "updated", "unchanged", "user_modified", "user_deleted",
                "removed", "kept_orphans", "collisions", "errors")
@@ -120,9 +123,20 @@ def load_bundle(bundle_dir: Path) -> dict:
     mpath = bundle_dir / "manifest.json"
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{mpath}: cannot read the bundle manifest ({exc}); run `python sync.py --write-manifest`")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{mpath}: cannot read the bundle manifest ({str(exc)[:200]}); run "
+                         "`python sync.py --write-manifest`")
     skills_root = bundle_dir / "skills"
+    entries = manifest.get("skills") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("path"), str)
+            and isinstance(s.get("sha256"), str) for s in entries):
+        raise UsageError(f"{mpath}: not a bundle manifest (a 'skills' list of name/path/sha256 entries); run "
+                         "`python sync.py --write-manifest`")
+    names = [s["name"] for s in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"{mpath}: skill name(s) {', '.join(dupes)} appear more than once; names must be unique")
     listed = {s["path"] for s in manifest.get("skills", [])}
     on_disk = {d.relative_to(skills_root).as_posix() for d in bundle_skill_dirs(skills_root)}
     stale = sorted(listed ^ on_disk)
@@ -170,6 +184,25 @@ def _copy_tree(src: Path, dst: Path) -> None:
         shutil.copyfile(src / rel, out)
 
 
+class EditedDuringSync(Exception):
+    """The user's copy changed between the check and the swap: the update is skipped (I1)."""
+
+
+def _carry_foreign(old: Path, new: Path) -> None:
+    """Keep what sync never installed (files the hash ignores, such as __pycache__/ or .DS_Store, and empty
+    folders) when a pristine copy is replaced: only files sync installed are ever deleted."""
+    ours = set(iter_files(old))
+    for root, dirs, files in os.walk(old):
+        rel_root = Path(root).relative_to(old)
+        for f in files:
+            rel = (rel_root / f).as_posix()
+            if rel not in ours and not (new / rel).exists():
+                (new / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(root, f), new / rel)
+        if not dirs and not files and not (new / rel_root).exists():
+            (new / rel_root).mkdir(parents=True)
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -180,22 +213,36 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def target_lock(state_dir: Path):
-    """Serialise concurrent syncs on one target (flock; released by the kernel if killed)."""
+def target_lock(state_dir: Path, timeout: float = LOCK_TIMEOUT_S):
+    """Serialise concurrent syncs on one target (flock; released by the kernel if killed).
+
+    A second sync says that it waits, and gives up after ``timeout`` seconds (exit 2) instead of
+    hanging behind a stopped one."""
     state_dir.mkdir(parents=True, exist_ok=True)
     fh = open(state_dir / "lock", "a+")
     try:
         try:
             import fcntl
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - Windows
-            import msvcrt
-            while True:
-                try:
-                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            fcntl = None
+        deadline, said = time.monotonic() + timeout, False
+        while True:
+            try:
+                if fcntl:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                else:  # pragma: no cover
+                    import msvcrt
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise UsageError(f"another sync has held {state_dir / 'lock'} for {timeout:g} s; if none is "
+                                     "running (a stopped process keeps the lock), end it and run sync.py again")
+                if not said:
+                    print(f"sync.py: waiting for another sync on {state_dir.parent} (gives up after {timeout:g} s)",
+                          file=sys.stderr)
+                    said = True
+                time.sleep(0.1)
         yield
     finally:
         fh.close()
@@ -203,7 +250,9 @@ def target_lock(state_dir: Path):
 
 # --------------------------------------------------------------------------- the syncer
 class Syncer:
-    def __init__(self, bundle_dir: Path, target: Path, layout: str, dry_run: bool):
+    def __init__(self, bundle_dir: Path, target: Path, layout: str, dry_run: bool,
+                 lock_timeout: float = LOCK_TIMEOUT_S):
+        self.lock_timeout = lock_timeout
         self.bundle_dir = bundle_dir
         self.skills_root = bundle_dir / "skills"
         self.target = target
@@ -228,6 +277,18 @@ class Syncer:
         if parent != real_target and real_target not in parent.parents:
             raise ValueError(f"install path {rel!r} leaves the target through a symlink")
         return dest
+
+    def check_own_dirs(self) -> None:
+        """.prefpilot and its folders must be real folders inside the target (I3): a link there would make
+        staging, trash, backups or the lock land outside it. Refused before anything is written."""
+        for p in (self.state_dir, *(self.state_dir / d for d in OWN_DIRS), self.state_dir / STATE_FILE,
+                  self.state_dir / "lock"):
+            if p.is_symlink():
+                raise UsageError(f"{p} is a symbolic link; prefpilot keeps its state in real files inside the "
+                                 "target: remove the link (nothing was written)")
+        for p in (self.state_dir, *(self.state_dir / d for d in OWN_DIRS)):
+            if p.exists() and not p.is_dir():
+                raise UsageError(f"{p} is not a folder; move it away and run sync.py again (nothing was written)")
 
     def install_rel(self, skill: dict) -> str:
         return skill["name"] if self.layout == "flat" else skill["path"]
@@ -278,12 +339,18 @@ class Syncer:
         """Finish or roll back operations a killed sync left half done."""
         for name, op in list(state["pending"].items()):
             try:
+                token = op["token"]
+                if not (isinstance(token, str) and TOKEN_RE.match(token) and op.get("kind") in ("install", "remove")):
+                    raise ValueError("not an entry sync wrote")
                 dest = self.dest_for(op["path"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # I3: a journal entry we did not write is dropped, and nothing it names is touched
                 state["pending"].pop(name)
+                self._note("errors", STATE_DIR, f"ignored a pending entry for {str(name)[:64]!r} in the state file "
+                                                f"({exc}); nothing it names was touched")
                 continue
-            staging = self.state_dir / "staging" / op.get("token", "-")
-            trash = self.state_dir / "trash" / op.get("token", "-")
+            staging = self.state_dir / "staging" / token
+            trash = self.state_dir / "trash" / token
             new = op.get("new")
             present = dest.exists() or dest.is_symlink()
             record = {"origin": new, "path": op["path"], "version": op.get("version", "")}
@@ -354,6 +421,15 @@ class Syncer:
         else:
             _make_writable(dest)
             os.rename(dest, trash)
+            expected = state["skills"].get(skill["name"], {}).get("origin")
+            if expected and folder_sha(trash) != expected:
+                # I1: edited while we copied the new version: put it back untouched and skip this update
+                os.rename(trash, dest)
+                _rmtree(staging)
+                state["pending"].pop(skill["name"])
+                self.save_state(state)
+                raise EditedDuringSync(f"{dest} changed while the new version was being copied; kept as is")
+            _carry_foreign(trash, staging)
         os.rename(staging, dest)
         _fsync_dir(dest.parent)
         state["skills"][skill["name"]] = record
@@ -377,9 +453,17 @@ class Syncer:
         bundled = {s["name"]: s for s in manifest["skills"]}
         if reset is not None and reset not in bundled:
             raise UsageError(f"--reset {reset}: no such skill in the bundle (have: {', '.join(sorted(bundled))})")
+        if self.target.exists() and not self.target.is_dir():
+            raise UsageError(f"target {self.target} is a file, not a folder (nothing was written)")
+        self.check_own_dirs()
         if not self.dry_run:
-            self.target.mkdir(parents=True, exist_ok=True)
-        lock = target_lock(self.state_dir) if not self.dry_run else contextlib.nullcontext()
+            try:
+                self.target.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create the target {self.target}: {exc.strerror} (nothing was written)")
+            if not os.access(self.target, os.W_OK | os.X_OK):
+                raise UsageError(f"target {self.target} is not writable (nothing was written)")
+        lock = target_lock(self.state_dir, self.lock_timeout) if not self.dry_run else contextlib.nullcontext()
         with lock:
             state = self.load_state()
             if not self.dry_run:
@@ -441,6 +525,8 @@ class Syncer:
                 if not self.dry_run:
                     self.install(state, skill, rel)
                 self._note("updated", name)
+        except EditedDuringSync as exc:
+            self._note("user_modified", name, str(exc))
         except (OSError, ValueError) as exc:
             self._note("errors", name, str(exc))
 
@@ -469,6 +555,8 @@ class Syncer:
 
 # --------------------------------------------------------------------------- CLI
 def resolve_target(args) -> tuple[Path, str]:
+    if args.target is not None and not args.target.strip():
+        raise UsageError("--target is empty: give the skills folder to install into")
     if args.agent == "claude":
         base = Path(args.target) if args.target else Path.home() / ".claude" / "skills"
         return base, "flat"
@@ -503,6 +591,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--reset", metavar="NAME", help="replace the installed copy of NAME with the bundled one")
     ap.add_argument("--write-manifest", action="store_true", help="regenerate manifest.json from skills/")
+    ap.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT_S, metavar="SECONDS",
+                    help=f"how long to wait for another sync on the same target (default {LOCK_TIMEOUT_S:g})")
     ap.add_argument("--bundle", default=str(HERE), help=argparse.SUPPRESS)
     try:
         args = ap.parse_args(argv)
@@ -518,14 +608,25 @@ def main(argv=None) -> int:
             return 0
         manifest = load_bundle(bundle_dir)
         target, layout = resolve_target(args)
-        out = Syncer(bundle_dir, target, layout, args.dry_run).run(manifest, reset=args.reset)
+        out = Syncer(bundle_dir, target, layout, args.dry_run, args.lock_timeout).run(manifest, reset=args.reset)
+    except OSError as exc:  # an unusable target or state folder: one line, not a traceback
+        exc = UsageError(f"{exc.filename or 'target'}: {exc.strerror or exc}")
+        if args.json:
+            print(json.dumps({"error": str(exc)}))
+        else:
+            print(f"sync.py: error: {exc}", file=sys.stderr)
+        return 2
     except UsageError as exc:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         else:
             print(f"sync.py: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(out, indent=1) if args.json else summary(out))
+    try:
+        print(json.dumps(out, indent=1) if args.json else summary(out))
+    except BrokenPipeError:  # `sync.py | head`: the reader left; the sync itself is done
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
     return 1 if out["errors"] else 0
 
 

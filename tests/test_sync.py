@@ -337,3 +337,111 @@ def test_no_user_edit_is_ever_lost(tmp_path_factory, ops):
             assert sync.main(["--bundle", str(b.path), "--target", str(target), "--json"]) in (0, 1)
         for m, text in edits.items():
             assert (target / "cat" / m / "SKILL.md").read_text() == text, (ops, m)
+
+
+# ----------------------------------------------------------------------------- hardening (issue 13)
+@pytest.mark.parametrize("token", ["/tmp/outside-victim", "../../outside-victim", "..", 7, "abc"])
+def test_a_forged_journal_token_touches_nothing(bundle, target, tmp_path, token):
+    bundle.sync(target)
+    victim = tmp_path / "outside-victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "keep.txt").write_text("precious")
+    if token == "/tmp/outside-victim":
+        token = str(victim)
+    state = json.loads((target / ".prefpilot/state.json").read_text())
+    state["pending"]["alpha"] = {"kind": "install", "path": "cat/alpha", "new": "0" * 64, "token": token}
+    (target / ".prefpilot/state.json").write_text(json.dumps(state))
+    rc, out = bundle.sync(target)
+    assert rc == 1 and ".prefpilot" in out["errors"] and "pending entry" in out["messages"][".prefpilot"]
+    assert (victim / "sub" / "keep.txt").read_text() == "precious"
+    assert (target / "cat/alpha/SKILL.md").is_file() and (target / ".prefpilot/state.json").is_file()
+    assert bundle.sync(target)[0] == 0  # and the next run is clean: the bad entry is gone
+
+
+@pytest.mark.parametrize("link", [".prefpilot", ".prefpilot/staging", ".prefpilot/trash", ".prefpilot/backups"])
+def test_our_folders_as_symlinks_are_refused_untouched(bundle, target, tmp_path, link):
+    bundle.sync(target)
+    outside = tmp_path / "outside"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "f.txt").write_text("x")
+    p = target / link
+    shutil.rmtree(p, ignore_errors=True)
+    p.symlink_to(outside, target_is_directory=True)
+    p2 = subprocess.run([sys.executable, str(bundle.path / "sync.py"), "--target", str(target)],
+                        capture_output=True, text=True, timeout=60)
+    assert p2.returncode == 2 and "symbolic link" in p2.stderr and "Traceback" not in p2.stderr
+    assert (outside / "data" / "f.txt").read_text() == "x" and sorted(os.listdir(outside)) == ["data"]
+
+
+def test_an_edit_saved_while_the_new_version_is_copied_is_kept(bundle, target, monkeypatch):
+    bundle.sync(target)
+    bundle.put("alpha", "v2").manifest()
+    real_copy = sync._copy_tree
+
+    def copy_then_user_saves(src, dst):
+        real_copy(src, dst)
+        (target / "cat/alpha/SKILL.md").write_text("my edit, saved mid-sync")
+    monkeypatch.setattr(sync, "_copy_tree", copy_then_user_saves)
+    manifest = sync.load_bundle(bundle.path)
+    out = sync.Syncer(bundle.path, target, "tree", False).run(manifest)
+    assert "alpha" in out["user_modified"] and "alpha" not in out["updated"]
+    assert (target / "cat/alpha/SKILL.md").read_text() == "my edit, saved mid-sync"
+    assert not list((target / ".prefpilot/staging").iterdir()) and not list((target / ".prefpilot/trash").iterdir())
+
+
+def test_files_sync_never_installed_survive_an_update(bundle, target):
+    bundle.sync(target)
+    (target / "cat/alpha/__pycache__").mkdir()
+    (target / "cat/alpha/__pycache__/notes.md").write_text("mine")
+    (target / "cat/alpha/.DS_Store").write_bytes(b"\0\1")
+    (target / "cat/alpha/empty-dir").mkdir()
+    bundle.put("alpha", "v2").manifest()
+    rc, out = bundle.sync(target)
+    assert rc == 0 and out["updated"] == ["alpha"] and "v2" in (target / "cat/alpha/SKILL.md").read_text()
+    assert (target / "cat/alpha/__pycache__/notes.md").read_text() == "mine"
+    assert (target / "cat/alpha/.DS_Store").read_bytes() == b"\0\1" and (target / "cat/alpha/empty-dir").is_dir()
+
+
+def test_a_waiting_sync_says_so_and_gives_up(bundle, target):
+    import fcntl
+    bundle.sync(target)
+    with open(target / ".prefpilot/lock", "a+") as fh:  # a stopped sync still holding the lock
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, str(bundle.path / "sync.py"), "--target", str(target),
+                            "--lock-timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "waiting for another sync" in p.stderr and "another sync has held" in p.stderr
+    assert time.monotonic() - t0 < 20
+
+
+def test_unusable_targets_and_manifests_are_one_line_exit_2(bundle, tmp_path):
+    def run(*args, bundle_dir=bundle.path):
+        p = subprocess.run([sys.executable, str(bundle_dir / "sync.py"), *args], capture_output=True, text=True,
+                           timeout=60)
+        assert "Traceback" not in p.stderr, p.stderr
+        return p.returncode, p.stderr
+    assert run("--target", "")[0] == 2
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    rc, err = run("--target", str(afile))
+    assert rc == 2 and "is a file" in err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # root may write anyway
+            assert run("--target", str(ro / "skills"))[0] == 2
+    finally:
+        ro.chmod(0o700)
+    for text in ('{"skills": 5}', '[1, 2]', "[" * 100000, json.dumps(
+            {"skills": [{"name": "alpha", "path": "cat/alpha", "sha256": "x"},
+                        {"name": "alpha", "path": "cat/beta", "sha256": "y"}]})):
+        (bundle.path / "manifest.json").write_text(text)
+        rc, err = run("--target", str(tmp_path / "t"))
+        assert rc == 2 and err.count("\n") == 1, err
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(bundle, target):
+    p = subprocess.run(f"{sys.executable} {bundle.path / 'sync.py'} --target {target} --json | head -c 5",
+                       shell=True, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
