@@ -246,6 +246,8 @@ def test_cli_json_plot_and_exit_codes(tmp_path, capsys):
     bad = tmp_path / "metrics.jsonl"
     bad.write_text("".join(json.dumps(r) + "\n" for r in H.displaced()) + '{"step": 999, "loss": \n')
     png = tmp_path / "p" / "plot.png"
+    assert cli(["diagnose", str(bad), "--plot", str(png)]) == 2 and not png.parent.exists()  # no folder made
+    png.parent.mkdir()
     assert cli(["diagnose", str(bad), "--json", "--plot", str(png)]) == 3
     out = json.loads(capsys.readouterr().out)
     assert out["findings"][0]["id"] == "likelihood_displacement" and out["plot"] == str(png)

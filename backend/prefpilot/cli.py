@@ -6,7 +6,9 @@ functions. Heavy imports happen inside the subcommands that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
 from .errors import PrefpilotError
@@ -279,7 +281,12 @@ def diagnose_target(target: str, root=None):
     import os
     from . import runs
     if target == "-":
-        text = sys.stdin.read()
+        from .diagnosis.parse import max_log_bytes
+        limit = max_log_bytes()
+        text = sys.stdin.read(limit + 1)
+        if len(text) > limit:
+            raise PrefpilotError(f"standard input is over the {limit >> 20} MiB limit for a log; raise it with "
+                                 "--max-bytes", code="too_large")
         if not text.strip():
             raise PrefpilotError("nothing on standard input: pipe or paste a log into `prefpilot diagnose -`",
                                  code="empty_history")
@@ -294,7 +301,25 @@ def diagnose_target(target: str, root=None):
 
 
 def cmd_diagnose(args) -> int:
+    if args.max_bytes is None:
+        return _diagnose(args)
+    before = os.environ.get("PREFPILOT_MAX_LOG_BYTES")
+    os.environ["PREFPILOT_MAX_LOG_BYTES"] = str(args.max_bytes)  # the reader's limit, for this call only
+    try:
+        return _diagnose(args)
+    finally:
+        if before is None:
+            os.environ.pop("PREFPILOT_MAX_LOG_BYTES", None)
+        else:
+            os.environ["PREFPILOT_MAX_LOG_BYTES"] = before
+
+
+def _diagnose(args) -> int:
     from .diagnosis import diagnose_source
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        print(f"prefpilot diagnose: --plot {args.plot}: the folder {os.path.dirname(os.path.abspath(args.plot))} "
+              "does not exist; create it or pick another path", file=sys.stderr)
+        return 2
     try:
         source, is_path = diagnose_target(args.target, args.root)
         config = None
@@ -431,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="β, to derive rewards from policy/reference log-probs")
     p.add_argument("--gamma", type=float, help="SimPO target margin γ (simpo_gamma)")
     p.add_argument("--root", help="runs root for run ids (default $PREFPILOT_RUNS or ./runs)")
+    p.add_argument("--max-bytes", type=int, metavar="N",
+                   help="largest log to read (default 128 MiB, or $PREFPILOT_MAX_LOG_BYTES)")
 
     p = sub.add_parser("demo", help="the whole loop on SmolLM2-135M: sync, plan, validate, train, diagnose, evaluate")
     p.add_argument("--method", choices=["dpo", "simpo"], default="dpo")
@@ -474,13 +501,40 @@ def main(argv=None) -> int:
         return cmd_sync(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
+    # The one place errors end: one line each, never a traceback (PREFPILOT_DEBUG=1 re-raises to show it).
+    # Exit status: 0 ok; 1 an error prefpilot explains (or an invalid config); 2 input it cannot read or use;
+    # 3/4 diagnose's verdicts; 130 interrupted.
     try:
         return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
                 "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose,
                 "explain": cmd_explain, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
     except PrefpilotError as exc:
-        print(f"prefpilot: error: {exc}", file=sys.stderr)
+        print(f"prefpilot: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `prefpilot ... | head`: the reader left; say nothing more
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
+        return 0
+    except KeyboardInterrupt:
+        print("prefpilot: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # an unwritable -o/--plot/--root, a full disk: the file and the reason
+        if os.environ.get("PREFPILOT_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"prefpilot: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 2
+    except (RecursionError, MemoryError, OverflowError, ValueError, TypeError) as exc:
+        if os.environ.get("PREFPILOT_DEBUG"):
+            raise
+        print(f"prefpilot: error: cannot use this input ({type(exc).__name__}: {_one_line(exc)}); if the input "
+              "looks right, this is a bug: PREFPILOT_DEBUG=1 shows where", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 400 else text[:380] + " … (cut short)"
 
 
 if __name__ == "__main__":

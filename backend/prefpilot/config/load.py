@@ -2,11 +2,60 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import yaml
 
 from ..errors import PrefpilotError
+
+# A run config is a page of keys. These bounds keep a hostile or broken file (a 0.5 KB "billion laughs"
+# alias bomb expands to gigabytes) from costing more than a readable error.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 20
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: `*name` can expand a few bytes into gigabytes, and a run
+    config has no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed in a run config: write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _depth(obj, limit: int) -> int:
+    """Nesting depth of lists/dicts, counted without recursion (stops once past ``limit``)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
+def safe_yaml(text: str, source: str):
+    """YAML (or JSON) text -> Python data, bounded in size, aliases and depth; PrefpilotError otherwise."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise PrefpilotError(f"{source}: {len(text)} characters; a run config is at most {MAX_CONFIG_BYTES} "
+                             "(is this the right file?)", code="too_large", path="")
+    try:
+        data = yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - BoundedLoader is a SafeLoader
+    except RecursionError:
+        data = None
+        raise PrefpilotError(f"{source}: nested too deeply (a run config is a flat mapping of keys)",
+                             code="too_deep", path="") from None
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise PrefpilotError(f"{source}: nested more than {MAX_DEPTH} levels deep (a run config is a flat mapping "
+                             "of keys)", code="too_deep", path="")
+    return data
 
 
 def parse_config_text(text: str, source: str = "<config>") -> dict:
@@ -15,24 +64,32 @@ def parse_config_text(text: str, source: str = "<config>") -> dict:
         raise PrefpilotError(f"{source}: the config is empty; write a YAML mapping such as `model_name_or_path: ...`",
                              code="empty_config", path="")
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = (getattr(exc, "problem", None) or str(exc).splitlines()[0])[:200]
         raise PrefpilotError(f"{source}: not valid YAML{where}: {problem}", code="not_yaml", path="") from None
     if not isinstance(data, dict):
         raise PrefpilotError(f"{source}: the config must be a mapping of keys to values, got a {type(data).__name__}",
                              code="not_a_mapping", path="")
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
-        raise PrefpilotError(f"{source}: config keys must be strings, got {bad!r}", code="not_a_mapping", path="")
+        raise PrefpilotError(f"{source}: config keys must be strings, got {repr(bad)[:100]}", code="not_a_mapping",
+                             path="")
     return data
 
 
 def load_config(path: str | Path) -> dict:
     p = Path(path)
     try:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise PrefpilotError(f"{p}: not a regular file; pass a YAML or JSON config file", code="unreadable",
+                                 path="")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise PrefpilotError(f"{p}: {st.st_size} bytes; a run config is at most {MAX_CONFIG_BYTES} (is this the "
+                                 "right file?)", code="too_large", path="")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PrefpilotError(f"{p}: no such file", code="unreadable", path="") from None
@@ -44,6 +101,9 @@ def load_config(path: str | Path) -> dict:
         except json.JSONDecodeError as exc:
             raise PrefpilotError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
                                  code="not_json", path="") from None
+        except RecursionError:
+            raise PrefpilotError(f"{p}: nested too deeply (a run config is a flat mapping of keys)",
+                                 code="too_deep", path="") from None
         if data is None:
             return parse_config_text("", str(p))
         return parse_config_text(json.dumps(data), str(p)) if isinstance(data, dict) else parse_config_text(text, str(p))

@@ -55,8 +55,13 @@ class Report(dict):
         return self["valid"]
 
 
+MAX_MESSAGE = 300  # a message quotes values; a huge value must not become a huge message
+
+
 def finding(path: str, code: str, message: str, suggestion: str | None = None) -> dict:
-    return {"path": path, "code": code, "message": message, "suggestion": suggestion}
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE - 20] + " … (value cut short)"
+    return {"path": path[:200], "code": code, "message": message, "suggestion": suggestion}
 
 
 @functools.lru_cache(maxsize=2)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config.load import safe_yaml
 from ..errors import PrefpilotError
 from .parse import History, load_history
 from .rules import CATALOGUE, Ctx, num
@@ -34,8 +35,8 @@ def run_config_near(path) -> dict | None:
         f = d / "config.yaml"
         if d.is_dir() and f.is_file():
             try:
-                cfg = yaml.safe_load(f.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
+                cfg = safe_yaml(f.read_text(encoding="utf-8"), str(f))
+            except (OSError, yaml.YAMLError, PrefpilotError):
                 return None
             return cfg if isinstance(cfg, dict) else None
     return None

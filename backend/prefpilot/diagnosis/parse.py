@@ -18,7 +18,9 @@ import gc
 import io
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import compress, repeat
@@ -324,6 +326,9 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
             return _from_json_obj(json.loads(s), info)
         except ValueError:
             pass
+        except RecursionError:
+            raise PrefpilotError("the JSON is nested too deeply to be a training log", code="unreadable_history") \
+                from None
     head = [ln for ln in s[:4096].splitlines() if ln.strip()][:5]
     if head and all(ln.lstrip().startswith("{") for ln in head):
         try:  # one parse of the whole file as an array: ~30% faster than a json.loads per line
@@ -331,14 +336,14 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
             if all(isinstance(r, dict) for r in rows):
                 info["format"] = "jsonl"
                 return rows
-        except ValueError:
+        except (ValueError, RecursionError):
             pass  # blank, junk or half-written lines: go line by line
         lines = [ln for ln in s.splitlines() if ln.strip()]
         rows, bad = [], 0
         for ln in lines:
             try:
                 obj = json.loads(ln)
-            except ValueError:
+            except (ValueError, RecursionError):
                 obj = _literal_dict(ln.strip())
             if isinstance(obj, dict):
                 rows.append(obj)
@@ -371,6 +376,14 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
 
 
 TFEVENTS = "events.out.tfevents"
+DEFAULT_MAX_LOG_BYTES = 128 << 20  # parsing takes ~6× a log's size in memory: bound it, say how to raise it
+
+
+def max_log_bytes() -> int:
+    try:
+        return int(os.environ.get("PREFPILOT_MAX_LOG_BYTES") or DEFAULT_MAX_LOG_BYTES)
+    except ValueError:
+        return DEFAULT_MAX_LOG_BYTES
 
 
 def _read_path(path: Path, info: dict) -> list[dict]:
@@ -388,6 +401,18 @@ def _read_path(path: Path, info: dict) -> list[dict]:
             raise PrefpilotError(f"{path}: no metrics.jsonl, trainer_state.json, trainer_log.jsonl or TensorBoard "
                                  "event file in this directory (has the run logged a step yet?)", code="no_metrics")
         path = found
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise PrefpilotError(f"{path}: cannot read ({exc.strerror})", code="unreadable_history") from None
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero or a FIFO would never end
+        raise PrefpilotError(f"{path}: not a regular file; pass a log file, a run dir or '-' for stdin",
+                             code="unreadable_history")
+    limit = max_log_bytes()
+    if st.st_size > limit:
+        raise PrefpilotError(f"{path}: {st.st_size >> 20} MiB is over the {limit >> 20} MiB limit for a log (a "
+                             "100k-step metrics.jsonl is about 40 MiB); raise it with --max-bytes or "
+                             "PREFPILOT_MAX_LOG_BYTES if this file is really one run's log", code="too_large")
     if path.name.startswith(TFEVENTS):
         info["source"] = str(path)
         return _tensorboard_rows([path], info)

@@ -18,7 +18,10 @@ def plot(hist: History, report: dict, out) -> Path | None:
 
     if isinstance(out, (str, Path)):
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if not out.parent.is_dir():  # never create folders the user did not ask for (a typo could hit /)
+            from ..errors import PrefpilotError
+            raise PrefpilotError(f"--plot {out}: the folder {out.parent} does not exist; create it or pick another "
+                                 "path", code="bad_plot_path")
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     for ax, (keys, label) in zip(axes.flat, PANELS):
         for key in (keys if isinstance(keys, tuple) else (keys,)):
