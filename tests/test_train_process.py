@@ -77,6 +77,30 @@ def test_emit_slurm(tmp_path, tiny):
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 0
     s = r.stdout
-    assert "#SBATCH --nodes=4" in s and "--num_processes 32" in s and "--machine_rank $SLURM_NODEID" in s
-    assert "--main_process_ip $MASTER_ADDR" in s and "prefpilot.train.entry" in s
+    assert "#SBATCH --nodes=4" in s and "--num_processes 32" in s and '--machine_rank "$SLURM_NODEID"' in s
+    assert '--main_process_ip "$MASTER_ADDR"' in s and "prefpilot.train.entry" in s
     subprocess.run(["bash", "-n"], input=s, text=True, check=True)  # the script parses
+
+
+def test_slurm_script_quotes_every_value_and_refuses_newlines(tmp_path):
+    from prefpilot.errors import PrefpilotError
+    from prefpilot.train.launch import slurm_script
+    run_dir = str(tmp_path / "my runs" / "it's here")  # a space and a quote: one argument each, still
+    script = slurm_script(str(tmp_path / "c.yaml"), run_dir, nodes=2, gpus_per_node=4, partition="gpu")
+    # run it with stand-ins for srun (runs its command), scontrol (a host name) and python (prints argv)
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, body in (("srun", 'exec "$@"'), ("scontrol", "echo node-a; echo node-b"),
+                       ("python", 'for a in "$@"; do printf "%s\\n" "$a"; done')):
+        (bin_ / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "x"}
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    argv = out.splitlines()
+    assert argv[argv.index("--run-dir") + 1] == run_dir and argv[argv.index("--machine_rank") + 1] == "1"
+    assert argv[argv.index("--main_process_ip") + 1] == "node-a" and (tmp_path / "my runs" / "it's here").is_dir()
+    for bad in ({"partition": "gpu\nrm -rf ~"}, {"job_name": "a b"}, {"time_limit": "1:00\n#x"}):
+        with pytest.raises(PrefpilotError):
+            slurm_script("c.yaml", "r", **bad)
+    with pytest.raises(PrefpilotError):
+        slurm_script("c.yaml", "runs\nrm -rf ~")

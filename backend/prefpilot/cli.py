@@ -147,9 +147,8 @@ def cmd_schemas(args) -> int:
 
 # ----------------------------------------------------------------------------- train / models
 def default_run_dir(config: dict) -> str:
-    import time
-    name = str(config.get("model_name_or_path", "model")).rstrip("/").split("/")[-1]
-    return f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.get('method', 'dpo')}-{name}"
+    from .runs import new_run_id, runs_root
+    return str(runs_root() / new_run_id(config))  # the same ids the run manager lists
 
 
 def cmd_train(args) -> int:

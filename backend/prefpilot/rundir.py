@@ -9,6 +9,7 @@ Light (no torch): the run manager, the diagnosis and the MCP server read these t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,28 @@ def update_status(run_dir: Path, **fields) -> dict:
     status.update(fields, updated_at=now())
     write_json_atomic(Path(run_dir) / "status.json", status)
     return status
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, timeout: float = 30.0):
+    """Make launch/resume/cancel of one run exclusive (flock on <run dir>/.lock; freed if the holder dies)."""
+    import fcntl
+    fh = open(Path(run_dir) / ".lock", "a+")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    from .errors import PrefpilotError
+                    raise PrefpilotError(f"{run_dir}: another launch, resume or cancel of this run has been busy "
+                                         f"for {timeout:g} s; try again", code="run_busy") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        fh.close()
 
 
 def clean_number(v):

@@ -23,7 +23,8 @@ import yaml
 from . import rundir
 from .errors import PrefpilotError
 
-RUN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,95}$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # names we generate, and `train --run-dir` folder names
+LOCK_TIMEOUT_S = 30.0
 ACTIVE = ("queued", "running")
 
 
@@ -33,7 +34,7 @@ def runs_root(root: str | Path | None = None) -> Path:
 
 def check_run_id(run_id) -> str:
     """Run ids are file names we generate; anything else (paths, dots, spaces) is refused."""
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id) or ".." in run_id:
         raise PrefpilotError(f"run id {str(run_id)[:80]!r} is not valid: run ids look like "
                              "'20261122-101500-dpo-smollm2-135m-instruct-a1b2c3' (see `prefpilot runs list`)",
                              code="bad_run_id")
@@ -52,7 +53,7 @@ def new_run_id(config: dict) -> str:
     model = str(config.get("model_name_or_path", "model")).rstrip("/").split("/")[-1].lower()
     model = re.sub(r"[^a-z0-9]+", "-", model).strip("-")[:32] or "model"
     method = config.get("method", "dpo") if config.get("method") in ("dpo", "simpo") else "dpo"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{model}-{secrets.token_hex(3)}"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{model}-{secrets.token_hex(8)}"  # 64 random bits
 
 
 # ----------------------------------------------------------------------------- processes
@@ -81,6 +82,29 @@ def pid_alive(pid, started: str | None = None) -> bool:
         return True
     state, start = stat
     return state not in ("Z", "X") and (started is None or start == started)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+
+
+def is_our_trainer(st: dict, run_dir: Path) -> bool:
+    """Is status.json's pid this run's training process? Its start time must match the recorded one and
+    (where /proc shows it) its command line must be prefpilot's trainer for this run dir: a pid planted in
+    status.json, or reused by another program, is never signalled."""
+    pid, started = st.get("pid"), st.get("pid_started")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    stat = _proc_stat(pid)
+    if stat is not None and not started:
+        return False  # cannot tell it from any other process
+    if not pid_alive(pid, started):
+        return False
+    cmd = _cmdline(pid)
+    return cmd is None or ("prefpilot.train.entry" in cmd and str(run_dir) in cmd)
 
 
 def _spawn(run_dir: Path, args: list[str]) -> dict:
@@ -128,20 +152,36 @@ def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_row
             continue
     else:  # pragma: no cover - 10 collisions of 24 random bits in the same second
         raise PrefpilotError(f"could not create a new run dir under {root}", code="run_dir_collision")
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())
-    args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
-    rundir.update_status(d, **_spawn(d, args))
+    with rundir.run_lock(d):
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())
+        args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
+        _start(d, args)
     return run_id
 
 
-def status(run_id: str, root: str | Path | None = None) -> dict:
-    """State, progress, ETA, last metrics and error; a dead process left 'running' becomes failed."""
+def _start(d: Path, args: list[str]) -> None:
+    """Spawn the trainer; a spawn that fails ends the run 'failed' with the reason, never 'queued' forever."""
+    try:
+        rundir.update_status(d, **_spawn(d, args))
+    except OSError as exc:
+        rundir.update_status(d, state="failed", finished_at=rundir.now(),
+                             error=f"could not start the training process: {exc.strerror or exc}")
+        raise PrefpilotError(f"could not start the training process for {d.name}: {exc.strerror or exc}",
+                             code="spawn_failed") from None
+
+
+def status(run_id: str, root: str | Path | None = None, *, settle: bool = True) -> dict:
+    """State, progress, ETA, last metrics and error; a dead process left 'running' becomes failed.
+
+    ``settle`` waits 50 ms for a process that is exiting right now to write its final state (a listing
+    of thousands of stale runs skips the wait)."""
     d = run_path(run_id, root)
     st = rundir.read_status(d)
     # No pid yet = launch() is between creating the dir and starting the process.
-    if st.get("state") in ACTIVE and st.get("pid") is not None and not pid_alive(st.get("pid"), st.get("pid_started")):
-        time.sleep(0.05)
+    if st.get("state") in ACTIVE and st.get("pid") is not None and not is_our_trainer(st, d):
+        if settle:
+            time.sleep(0.05)
         st = rundir.read_status(d)  # it may have written its final state as it exited
         if st.get("state") in ACTIVE:
             tail = rundir.tail_lines(d / "train.log", 20)
@@ -165,7 +205,7 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
     if base.is_dir():
         for d in base.iterdir():
             if RUN_ID.match(d.name) and (d / "status.json").is_file():
-                s = status(d.name, base)
+                s = status(d.name, base, settle=False)
                 out.append({k: s.get(k) for k in ("run_id", "state", "method", "step", "total_steps", "percent",
                                                   "created_at", "error")})
     return sorted(out, key=lambda r: r.get("created_at") or "", reverse=True)
@@ -174,9 +214,20 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
 def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0) -> dict:
     """SIGTERM (the trainer checkpoints and stops after the current step), then SIGKILL after ``grace`` s."""
     d = run_path(run_id, root)
-    st = status(run_id, root)
-    if st["state"] not in ACTIVE:
-        return {**st, "note": f"nothing to cancel: the run is {st['state']}"}
+    with rundir.run_lock(d):  # one launch/resume/cancel at a time per run
+        st = status(run_id, root)
+        if st["state"] not in ACTIVE:
+            return {**st, "note": f"nothing to cancel: the run is {st['state']}"}
+        if st.get("cancel_requested_at"):
+            # a second SIGTERM would turn the trainer's checkpoint-and-stop into an immediate stop
+            return {**st, "note": f"a cancel was already requested at {st['cancel_requested_at']}"}
+        if st.get("pid") is None:  # queued, never spawned (the launcher died): nothing runs
+            rundir.update_status(d, state="cancelled", finished_at=rundir.now(), error="cancelled before it started")
+            return status(run_id, root)
+        if not is_our_trainer(st, d):
+            return {**status(run_id, root), "note": "the process recorded in status.json is not this run's "
+                                                    "trainer: nothing was signalled"}
+        rundir.update_status(d, cancel_requested_at=rundir.now())
     pid, started = st.get("pid"), st.get("pid_started")
 
     def signal_group(sig):
@@ -207,16 +258,18 @@ def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0) 
 def resume(run_id: str, root: str | Path | None = None) -> dict:
     """Restart a failed or cancelled run from its last complete checkpoint (or from the start if none)."""
     d = run_path(run_id, root)
-    st = status(run_id, root)
-    if st["state"] in ACTIVE:
-        raise PrefpilotError(f"run {run_id} is still {st['state']}: cancel it first", code="run_active")
-    if st["state"] == "completed":
-        raise PrefpilotError(f"run {run_id} already completed; launch a new run to train further",
-                             code="run_completed")
-    ck = rundir.last_checkpoint(d)
-    rundir.update_status(d, state="queued", error=None, log_tail=None, finished_at=None, resumed_at=rundir.now(),
-                         resumed_from=str(ck) if ck else None)
-    rundir.update_status(d, **_spawn(d, ["--resume"]))
+    with rundir.run_lock(d):  # six parallel resumes start one trainer, not six
+        st = status(run_id, root)
+        if st["state"] in ACTIVE:
+            raise PrefpilotError(f"run {run_id} is still {st['state']}: cancel it first", code="run_active")
+        if st["state"] == "completed":
+            raise PrefpilotError(f"run {run_id} already completed; launch a new run to train further",
+                                 code="run_completed")
+        ck = rundir.last_checkpoint(d)
+        rundir.update_status(d, state="queued", error=None, log_tail=None, finished_at=None,
+                             resumed_at=rundir.now(), resumed_from=str(ck) if ck else None,
+                             cancel_requested_at=None, pid=None, pid_started=None)
+        _start(d, ["--resume"])
     return status(run_id, root)
 
 

@@ -5,6 +5,7 @@ shell strings) and points it at `python -m prefpilot.train.entry`, whose rank 0 
 """
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import sys
@@ -44,24 +45,48 @@ def accelerate_argv(config_path: str, run_dir: str, *, num_processes: int = 1, n
     return argv
 
 
+_SLURM_WORD = re.compile(r"^[A-Za-z0-9._:+\-]+$")  # job names, partitions, time limits: no spaces, quotes or newlines
+
+
+def _slurm_checked(name: str, value: str, word: bool) -> str:
+    from ..errors import PrefpilotError
+    if any(c in value for c in "\n\r\0"):
+        raise PrefpilotError(f"--{name} {value!r}: a newline would start a new line of the batch script",
+                             code="usage")
+    if word and not _SLURM_WORD.match(value):
+        raise PrefpilotError(f"--{name} {value!r}: use letters, digits and . _ : + - only", code="usage")
+    return value
+
+
 def slurm_script(config_path: str, run_dir: str, *, nodes: int = 2, gpus_per_node: int = 8, job_name: str = "prefpilot",
                  time_limit: str = "24:00:00", fsdp: str | None = None, deepspeed: str | None = None,
                  partition: str | None = None) -> str:
-    """An sbatch script: one task per node, each running accelerate launch with its node rank."""
+    """An sbatch script: one task per node, each running accelerate launch with its node rank.
+
+    Every value from the caller is either checked to be a plain word (#SBATCH lines) or shell-quoted; the
+    per-node variables ($SLURM_NODEID, $MASTER_ADDR) are expanded by the task's own shell."""
+    for name, value, word in (("config", config_path, False), ("run-dir", run_dir, False),
+                              ("job-name", job_name, True), ("time", time_limit, True),
+                              ("partition", partition or "x", True), ("fsdp", fsdp or "", False),
+                              ("deepspeed", deepspeed or "", False)):
+        _slurm_checked(name, value, word)
     launch = accelerate_argv(config_path, run_dir, num_processes=nodes * gpus_per_node, num_machines=nodes,
                              machine_rank=0, main_process_ip="$MASTER_ADDR", main_process_port=29500,
                              fsdp=fsdp, deepspeed=deepspeed, cpu=False, python="python")
     i = launch.index("--machine_rank")
     launch[i + 1] = "$SLURM_NODEID"
-    cmd = " ".join(a if a.startswith("$") else shlex.quote(a) for a in launch)
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={nodes}",
-             "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={gpus_per_node}",
-             f"#SBATCH --time={time_limit}", f"#SBATCH --output={run_dir}/slurm-%j.out"]
+    # inside the task: variables in double quotes (expanded there), everything else quoted literally
+    inner = " ".join(f'"{a}"' if a in ("$SLURM_NODEID", "$MASTER_ADDR") else shlex.quote(a) for a in launch)
+    output = f"{run_dir}/slurm-%j.out"
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={int(nodes)}",
+             "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={int(gpus_per_node)}",
+             f"#SBATCH --time={time_limit}",
+             f'#SBATCH --output="{output}"' if " " in output else f"#SBATCH --output={output}"]
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
     lines += ["set -euo pipefail",
               "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)",
               f"mkdir -p {shlex.quote(run_dir)}",
               "# one accelerate launcher per node; each starts gpus_per_node processes",
-              f"srun bash -c '{cmd}'", ""]
+              f"srun bash -c {shlex.quote(inner)}", ""]
     return "\n".join(lines)

@@ -119,6 +119,10 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
     """Validate, check data, load the model, train, save. Returns the final status dict."""
     run_dir = Path(run_dir)
     main = _is_main()
+    if not resume and ((run_dir / "metrics.jsonl").exists() or rundir.last_checkpoint(run_dir) is not None):
+        raise PrefpilotError(f"{run_dir} already holds a run's metrics or checkpoints: pass --resume to continue it, "
+                             "or choose another --run-dir (training on would mix two runs' steps)",
+                             code="run_dir_not_empty")
     run_dir.mkdir(parents=True, exist_ok=True)
     report = validate(config)
     if not report["valid"]:
