@@ -538,7 +538,7 @@ class Syncer:
             if not (dest.exists() or dest.is_symlink()):
                 if not self.dry_run:
                     state["skills"].pop(name)
-                    self.save_state(state)
+                    self.dirty = True  # forgetting an entry touches no file: saved once, at the end
                 return
             if not dest.is_symlink() and folder_sha(dest) == entry["origin"]:
                 if not self.dry_run:
@@ -547,7 +547,7 @@ class Syncer:
             else:
                 if not self.dry_run:
                     state["skills"].pop(name)  # untracked from now on; the folder stays (I1)
-                    self.save_state(state)
+                    self.dirty = True
                 self._note("kept_orphans", name)
         except (OSError, ValueError) as exc:
             self._note("errors", name, str(exc))

@@ -117,3 +117,15 @@ def test_random_bytes_are_one_line_errors(tmp_path, data, cmd):
 def test_plan_with_odd_numbers_is_one_line(size, length):
     rc, out, err = run_cli("plan", "--dataset-size", size, "--max-length", length)
     assert rc in (0, 1, 2) and "Traceback" not in out + err
+
+
+def test_huge_steps_and_mixed_formats(tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"step": 1e308, "loss": 0.69, "grad_norm": 1.0}\n')
+    rc, out, _ = run_cli("diagnose", str(big))
+    assert rc == 4 and len(out.splitlines()[0]) < 200  # not a 309-digit step count
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("{'loss': 0.69, 'rewards/margins': 0.1}\nloss=nan rewards/margins=0.2 step=2\n"
+                     "{'loss': 0.68, 'rewards/margins': 0.12}\n")
+    rc, out, _ = run_cli("diagnose", str(mixed))
+    assert rc == 3 and "nan_loss" in out

@@ -445,3 +445,17 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(bundle, target):
     p = subprocess.run(f"{sys.executable} {bundle.path / 'sync.py'} --target {target} --json | head -c 5",
                        shell=True, capture_output=True, text=True, timeout=60)
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_state_is_saved_once_for_many_stale_entries(bundle, target, monkeypatch):
+    bundle.sync(target)
+    state = json.loads((target / ".prefpilot/state.json").read_text())
+    for i in range(2000):  # skills we once installed, since deleted by the user and dropped from the bundle
+        state["skills"][f"gone-{i}"] = {"origin": "0" * 64, "path": f"cat/gone-{i}", "version": "1"}
+    (target / ".prefpilot/state.json").write_text(json.dumps(state))
+    saves = []
+    real = sync.Syncer.save_state
+    monkeypatch.setattr(sync.Syncer, "save_state", lambda self, st: (saves.append(1), real(self, st)))
+    out = sync.Syncer(bundle.path, target, "tree", False).run(sync.load_bundle(bundle.path))
+    assert not out["errors"] and len(saves) <= 3
+    assert not any(k.startswith("gone-") for k in json.loads((target / ".prefpilot/state.json").read_text())["skills"])

@@ -363,7 +363,7 @@ def cmd_demo(args) -> int:
 def cmd_mcp(args) -> int:
     from .mcp_server import serve
     return serve(transport=args.transport, host=args.host, port=args.port, workspace=args.workspace,
-                 runs_root=args.runs_root, allow_remote_code=args.allow_remote_code)
+                 runs_root=args.runs_root, allow_remote_code=args.allow_remote_code, allow_network=args.allow_network)
 
 
 def cmd_models(args) -> int:
@@ -478,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", help="where runs go (default <workspace>/runs)")
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let configs set trust_remote_code: true (refused otherwise)")
+    p.add_argument("--allow-network", action="store_true",
+                   help="let configs push to the Hub or report to remote trackers (refused otherwise)")
 
     p = sub.add_parser("models", help="prepare the embedded default model")
     ms = p.add_subparsers(dest="models_cmd", required=True)

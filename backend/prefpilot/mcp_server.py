@@ -235,6 +235,7 @@ def build_server(ws: Workspace) -> MCPServer:
         from .plan import plan
         if dataset_path and not dataset_path.startswith("builtin:"):
             dataset_path = str(ws.confine(dataset_path, "dataset_path"))
+        model = ws.confine_model(model)  # a local model folder is read for its size: only inside the workspace
         return _json_safe(plan(method=method, model=model, gpu_memory_gb=gpu_memory_gb, num_gpus=num_gpus,
                                dataset_size=dataset_size, dataset_path=dataset_path, max_length=max_length))
 
@@ -320,7 +321,7 @@ def build_server(ws: Workspace) -> MCPServer:
         if not path.exists():
             raise PrefpilotError(f"metrics_path {metrics_path!r}: no such file or directory", code="not_found")
         png = io.BytesIO() if plot else None
-        report = _json_safe(diagnose_source(str(path), is_path=True, method=method, plot=png))
+        report = _json_safe(diagnose_source(str(path), is_path=True, method=method, plot=png, roots=ws.roots))
         content = [TextContent(type="text", text=json.dumps(report, indent=1))]
         if png is not None:
             content.append(ImageContent(type="image", mime_type="image/png",
@@ -381,10 +382,10 @@ Model: {model}
 
 
 def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, workspace=None, runs_root=None,
-          allow_remote_code: bool = False) -> int:
+          allow_remote_code: bool = False, allow_network: bool = False) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,  # stdout is the protocol channel on stdio
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ws = Workspace.create(workspace, runs_root, allow_remote_code)
+    ws = Workspace.create(workspace, runs_root, allow_remote_code, allow_network=allow_network)
     server = build_server(ws)
     if transport == "stdio":
         server.run("stdio")

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from . import rundir
+from .config.policy import split_secrets
 from .errors import PrefpilotError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # names we generate, and `train --run-dir` folder names
@@ -41,11 +42,19 @@ def check_run_id(run_id) -> str:
     return run_id
 
 
+RUN_FILES = ("status.json", "train.log", "metrics.jsonl", "config.yaml")
+
+
 def run_path(run_id: str, root: str | Path | None = None, *, must_exist: bool = True) -> Path:
     d = runs_root(root) / check_run_id(run_id)
     if must_exist and not (d / "status.json").is_file():
         raise PrefpilotError(f"no run {run_id!r} under {runs_root(root)} (see `prefpilot runs list`)",
                              code="unknown_run")
+    # a run folder, or one of its files, that is a link would make every reader follow it out of the root
+    for p in (d, *(d / f for f in RUN_FILES)):
+        if p.is_symlink():
+            raise PrefpilotError(f"{p} is a symbolic link; run folders and their files must be real files "
+                                 "(refused)", code="symlinked_run")
     return d
 
 
@@ -107,11 +116,13 @@ def is_our_trainer(st: dict, run_dir: Path) -> bool:
     return cmd is None or ("prefpilot.train.entry" in cmd and str(run_dir) in cmd)
 
 
-def _spawn(run_dir: Path, args: list[str]) -> dict:
-    """Start ``python -m prefpilot.train.entry`` detached; its stdout/stderr go to train.log."""
+def _spawn(run_dir: Path, args: list[str], secrets: dict | None = None) -> dict:
+    """Start ``python -m prefpilot.train.entry`` detached; its stdout/stderr go to train.log.
+
+    ``secrets`` (say HF_TOKEN) travel in the trainer's environment, never in the run folder."""
     argv = [sys.executable, "-m", "prefpilot.train.entry", str(run_dir / "config.yaml"), "--run-dir", str(run_dir),
             "--log-stderr", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(secrets or {})}
     with open(run_dir / "train.log", "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=run_dir, env=env, start_new_session=True)  # own session: survives the caller
@@ -152,18 +163,19 @@ def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_row
             continue
     else:  # pragma: no cover - 10 collisions of 24 random bits in the same second
         raise PrefpilotError(f"could not create a new run dir under {root}", code="run_dir_collision")
+    cfg, secrets = split_secrets(cfg)  # a token goes to the trainer's environment, not into config.yaml
     with rundir.run_lock(d):
         (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
         rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())
         args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
-        _start(d, args)
+        _start(d, args, secrets)
     return run_id
 
 
-def _start(d: Path, args: list[str]) -> None:
+def _start(d: Path, args: list[str], secrets: dict | None = None) -> None:
     """Spawn the trainer; a spawn that fails ends the run 'failed' with the reason, never 'queued' forever."""
     try:
-        rundir.update_status(d, **_spawn(d, args))
+        rundir.update_status(d, **(_spawn(d, args, secrets) if secrets else _spawn(d, args)))
     except OSError as exc:
         rundir.update_status(d, state="failed", finished_at=rundir.now(),
                              error=f"could not start the training process: {exc.strerror or exc}")

@@ -9,11 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config.policy import ALWAYS_LOCAL, PATH_KEYS, network_options, secret_keys
 from .errors import PrefpilotError
-
-# Config keys that name local files or directories when they are not hub ids.
-PATH_KEYS = ("dataset_path", "dataset_name", "model_name_or_path", "output_dir", "tokenizer_name_or_path")
-ALWAYS_LOCAL = ("output_dir",)
 
 
 @dataclass
@@ -22,13 +19,14 @@ class Workspace:
     runs_root: Path
     allow_remote_code: bool = False
     extra_roots: list[Path] = field(default_factory=list)
+    allow_network: bool = False
 
     @classmethod
-    def create(cls, root=None, runs_root=None, allow_remote_code=False) -> "Workspace":
+    def create(cls, root=None, runs_root=None, allow_remote_code=False, allow_network=False) -> "Workspace":
         ws = Path(root or ".").expanduser().resolve()
         runs = Path(runs_root).expanduser() if runs_root else ws / "runs"
         runs = (runs if runs.is_absolute() else ws / runs).resolve()
-        return cls(ws, runs, allow_remote_code)
+        return cls(ws, runs, allow_remote_code, allow_network=allow_network)
 
     @property
     def roots(self) -> list[Path]:
@@ -65,8 +63,21 @@ class Workspace:
             raise PrefpilotError("trust_remote_code: refused — this server runs no code downloaded with a model. "
                                  "Remove the key, or restart the server with --allow-remote-code",
                                  code="remote_code_refused")
+        secrets = secret_keys(cfg)
+        if secrets:
+            raise PrefpilotError(f"{', '.join(secrets)}: refused — a secret in an agent's config would be stored and "
+                                 "echoed back. Set HF_TOKEN in the server's environment instead", code="secret_refused")
+        net = network_options(cfg)
+        if net and not self.allow_network:
+            raise PrefpilotError(f"{', '.join(net)}: refused — this server does not let a run reach the network (Hub "
+                                 "pushes, remote trackers). Remove them (report_to: none or tensorboard), or restart "
+                                 "the server with --allow-network", code="network_refused")
         for key in PATH_KEYS:
             v = cfg.get(key)
             if isinstance(v, str) and v and self._is_local(v, key):
                 cfg[key] = str(self.confine(v, key))
         return cfg
+
+    def confine_model(self, model: str) -> str:
+        """A model argument: a hub id stays as it is, a local folder must be inside the workspace."""
+        return str(self.confine(model, "model")) if self._is_local(model, "model_name_or_path") else model

@@ -234,6 +234,18 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
     return errs, warns
 
 
+def _reach_warnings(cfg: dict) -> list:
+    """Options that reach the network or carry a secret: warned here, refused over MCP (config/policy.py)."""
+    from .policy import network_options, secret_keys
+    out = [finding(f"/{k}", "network", f"{k} makes the trainer reach the network (the Hugging Face Hub or a remote "
+                   "tracker); an MCP server refuses it unless started with --allow-network",
+                   "remove it, or report_to: none / tensorboard, for an offline run") for k in network_options(cfg)]
+    out += [finding(f"/{k}", "secret", f"{k} is a secret in a config: prefpilot keeps it out of run folders, but "
+                    "the config file itself may be shared", "set HF_TOKEN in the environment instead")
+            for k in secret_keys(cfg)]
+    return out
+
+
 def _range_warnings(cfg: dict, method: str) -> list:
     out = []
     ranges = _table(method).get("ranges", {})
@@ -320,7 +332,7 @@ def validate(config, *, complete: bool = True) -> Report:
     hw = resolve_hardware(config.get("hardware") if isinstance(config.get("hardware"), dict) else None)
     rule_errs, warnings = _rule_findings(cfg, config, method, hw)
     errors += rule_errs
-    warnings += _range_warnings(cfg, method)
+    warnings += _range_warnings(cfg, method) + _reach_warnings(cfg)
     if complete:
         errors += _completeness(cfg)
     estimate = {}

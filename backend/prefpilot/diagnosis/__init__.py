@@ -28,12 +28,16 @@ def catalogue() -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def run_config_near(path) -> dict | None:
-    """The config.yaml of the run dir that ``path`` is (or is inside), if any."""
+def run_config_near(path, roots=None) -> dict | None:
+    """The config.yaml of the run dir that ``path`` is (or is inside), if any.
+
+    ``roots``: folders the search must stay inside (the MCP server's workspace); None = anywhere."""
     p = Path(path)
     for d in (p, p.parent, p.parent.parent, p.parent.parent.parent):
         f = d / "config.yaml"
-        if d.is_dir() and f.is_file():
+        if roots is not None and not any(d.resolve() == r or r in d.resolve().parents for r in roots):
+            break  # climbed out of the workspace
+        if d.is_dir() and f.is_file() and not f.is_symlink():
             try:
                 cfg = safe_yaml(f.read_text(encoding="utf-8"), str(f))
             except (OSError, yaml.YAMLError, PrefpilotError):
@@ -163,7 +167,7 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
     last_step = rows[-1]["step"] if rows else 0
     lr, lr_src = ctx.lr
     b, b_src = ctx.beta
-    report = {"method": method, "method_source": method_source, "steps": int(last_step), "findings": findings,
+    report = {"method": method, "method_source": method_source, "steps": num(last_step), "findings": findings,
               "rules_run": ran, "assumed": {"learning_rate": {"value": num(lr), "source": lr_src},
                                             "beta": {"value": num(b), "source": b_src}},
               "parsed": info}
@@ -172,7 +176,7 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
     few = "too_few_points" in ctx.found
     if problems:
         report["verdict"] = "problems"
-        report["summary"] = f"{len(problems)} problem(s) in {int(last_step)} steps: " + "; ".join(
+        report["summary"] = f"{len(problems)} problem(s) in {num(last_step)} steps: " + "; ".join(
             f"{f['id']} ({f['severity']}, steps {f['steps'][0]:g}-{f['steps'][1]:g})" if f["steps"] else f["id"]
             for f in problems)
     elif few:
@@ -183,7 +187,7 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
         report["to_decide"] = ctx.found["too_few_points"]["explanation"]
     else:
         report["verdict"] = "healthy"
-        report["summary"] = f"healthy: none of the {len(ran)} {method.upper()} checks fired over {int(last_step)} steps"
+        report["summary"] = f"healthy: none of the {len(ran)} {method.upper()} checks fired over {num(last_step)} steps"
         noted = [f["id"] for f in findings]
         if noted:
             report["summary"] += " (" + ", ".join(noted) + " noted)"
@@ -191,13 +195,15 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
     return report
 
 
-def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=None, gamma=None, plot=None) -> dict:
+def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=None, gamma=None, plot=None,
+                    roots=None) -> dict:
     """What the CLI and the MCP tool call: read a path (run dir or file) or text, diagnose, optionally plot.
 
     ``plot``: a PNG path or a binary file object; the report gets ``plot`` set to the path when one was written.
+    ``roots``: the folders a run config may be read from (the MCP workspace); None = beside the metrics.
     """
     if config is None and is_path:
-        config = run_config_near(source)
+        config = run_config_near(source, roots)
     hist = load_history(Path(source) if is_path else source, beta=beta or (config or {}).get("beta"))
     report = diagnose(hist, method=method, config=config, beta=beta, gamma=gamma)
     if plot is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .. import rundir
+from ..config.policy import split_secrets
 from ..rundir import last_checkpoint
 from ..config.estimate import estimate_memory
 from ..config.normalize import PREFPILOT_KEYS
@@ -142,7 +143,9 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
         cfg.update({k: v for k, v in chosen.items() if k not in cfg})
         if main:
             if not resume or not (run_dir / "config.yaml").exists():
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+                # secrets (hub_token) stay out of the run folder; a resume reads them from HF_TOKEN
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(split_secrets(cfg)[0], sort_keys=False),
+                                                     encoding="utf-8")
             rundir.update_status(run_dir, state="running", error=None, started_at=rundir.now(), method=cfg["method"],
                                  hardware_choices=notes, data=data_report, pid=os.getpid())
             for n in notes:
