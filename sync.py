@@ -3,8 +3,9 @@
 
 Standard library only: this runs before anything else is installed.
 
-    python sync.py [--target DIR | --agent hermes|claude] [--dry-run] [--json]
-                   [--reset NAME] [--write-manifest] [--lock-timeout SECONDS]
+    python sync.py [--target DIR | --agent hermes|claude|agents|codex|cursor [--project DIR]]
+                   [--dry-run] [--json] [--only NAME...] [--reset NAME] [--replace NAME]
+                   [--list | --diff NAME | --uninstall [NAME...]] [--write-manifest] [--lock-timeout SECONDS]
 
 Invariants (each is kept by the line that says so below):
   I1  a user's edit is never overwritten or merged: only a copy whose hash still
@@ -105,10 +106,11 @@ def build_manifest(skills_root: Path) -> dict:
             raise UsageError(f"{d / 'SKILL.md'}: missing YAML front matter (--- ... ---)")
         meta = yaml.safe_load(m.group(1)) or {}
         sha, files = folder_hashes(d)
+        extra = meta.get("metadata") if isinstance(meta.get("metadata"), dict) else {}
         skills.append({
             "name": meta.get("name", d.name),
             "path": d.relative_to(skills_root).as_posix(),
-            "version": str(meta.get("version", "0")),
+            "version": str(extra.get("version", meta.get("version", "0"))),  # Agent Skills spec: under metadata
             "description": meta.get("description", ""),
             "sha256": sha,
             "files": files,
@@ -182,6 +184,9 @@ def _copy_tree(src: Path, dst: Path) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             made.add(out.parent)
         shutil.copyfile(src / rel, out)
+        mode = (src / rel).stat().st_mode
+        if mode & 0o111:  # keep scripts executable (only the x bits: the copy stays writable)
+            out.chmod(out.stat().st_mode | (mode & 0o111))
 
 
 class EditedDuringSync(Exception):
@@ -201,6 +206,38 @@ def _carry_foreign(old: Path, new: Path) -> None:
                 shutil.copy2(Path(root, f), new / rel)
         if not dirs and not files and not (new / rel_root).exists():
             (new / rel_root).mkdir(parents=True)
+
+
+BACKUP_SUFFIX = ".bak"
+
+
+def _defuse_skill_files(folder: Path) -> None:
+    """Rename every SKILL.md under a backup to SKILL.md.bak: agents scan the whole target (hidden folders
+    included) and would load a backup as a live skill of the same name."""
+    for p in sorted(folder.rglob("SKILL.md")):
+        if p.is_file() and not p.is_symlink():
+            os.rename(p, p.with_name(p.name + BACKUP_SUFFIX))
+
+
+def scan_skills(target: Path) -> dict[str, list[Path]]:
+    """Every skill folder below ``target`` by name (frontmatter name and folder name), as agents find them:
+    any SKILL.md at any depth; our own .prefpilot folder holds none."""
+    found: dict[str, list[Path]] = {}
+    if not target.is_dir():
+        return found
+    for root, dirs, files in os.walk(target):
+        dirs[:] = [d for d in dirs if not (Path(root) == target and d == STATE_DIR)]
+        if "SKILL.md" in files:
+            folder = Path(root)
+            names = {folder.name}
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                m = re.match(r"^---\n(.*?)\n---", (folder / "SKILL.md").read_text(encoding="utf-8")[:4096], re.S)
+                n = re.search(r"^name:\s*['\"]?([^'\"\n]+?)['\"]?\s*$", m.group(1), re.M) if m else None
+                if n:
+                    names.add(n.group(1).strip())
+            for name in names:
+                found.setdefault(name, []).append(folder)
+    return found
 
 
 def _fsync_dir(path: Path) -> None:
@@ -251,8 +288,11 @@ def target_lock(state_dir: Path, timeout: float = LOCK_TIMEOUT_S):
 # --------------------------------------------------------------------------- the syncer
 class Syncer:
     def __init__(self, bundle_dir: Path, target: Path, layout: str, dry_run: bool,
-                 lock_timeout: float = LOCK_TIMEOUT_S):
+                 lock_timeout: float = LOCK_TIMEOUT_S, only: list[str] | None = None, replace: str | None = None):
         self.lock_timeout = lock_timeout
+        self.only = set(only) if only else None    # --only: sync just these skills
+        self.replace = replace                     # --replace: back up another skill of this name, install ours
+        self.others: dict[str, list[Path]] = {}    # skills below the target by name (for name collisions)
         self.bundle_dir = bundle_dir
         self.skills_root = bundle_dir / "skills"
         self.target = target
@@ -380,6 +420,8 @@ class Syncer:
                     _rmtree(child)
         for tmp in self.state_dir.glob("state.tmp-*"):
             tmp.unlink()
+        if (self.state_dir / "backups").is_dir():
+            _defuse_skill_files(self.state_dir / "backups")
         self.save_state(state)
 
     # -- atomic operations ---------------------------------------------------------
@@ -394,7 +436,8 @@ class Syncer:
         """Copy the bundled skill beside the destination, then swap it in (I4)."""
         src = self.skills_root / skill["path"]
         dest = self.dest_for(rel)
-        record = {"origin": skill["sha256"], "path": rel, "version": skill["version"]}
+        # per-file origin hashes: `--diff` tells the files the user changed from those the bundle changed
+        record = {"origin": skill["sha256"], "path": rel, "version": skill["version"], "files": skill.get("files", {})}
         if not (dest.exists() or dest.is_symlink()):
             # Nothing to replace, so no journal: if we are killed after the rename but before the
             # state is saved, the next run finds a byte-identical folder and adopts it.
@@ -417,6 +460,7 @@ class Syncer:
             bdir = self.state_dir / "backups" / f"{skill['name']}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
             bdir.parent.mkdir(parents=True, exist_ok=True)
             os.rename(dest, bdir)
+            _defuse_skill_files(bdir)
             self.backups.append(str(bdir))
         else:
             _make_writable(dest)
@@ -451,8 +495,12 @@ class Syncer:
     # -- the plan -----------------------------------------------------------------
     def run(self, manifest: dict, reset: str | None = None) -> dict:
         bundled = {s["name"]: s for s in manifest["skills"]}
-        if reset is not None and reset not in bundled:
-            raise UsageError(f"--reset {reset}: no such skill in the bundle (have: {', '.join(sorted(bundled))})")
+        for flag, names in (("--reset", [reset] if reset else []), ("--replace", [self.replace] if self.replace
+                                                                      else []), ("--only", sorted(self.only or []))):
+            unknown = [n for n in names if n not in bundled]
+            if unknown:
+                raise UsageError(f"{flag} {', '.join(unknown)}: no such skill in the bundle (have: "
+                                 f"{', '.join(sorted(bundled))})")
         if self.target.exists() and not self.target.is_dir():
             raise UsageError(f"target {self.target} is a file, not a folder (nothing was written)")
         self.check_own_dirs()
@@ -468,15 +516,104 @@ class Syncer:
             state = self.load_state()
             if not self.dry_run:
                 self.recover(state)
+            self.others = scan_skills(self.target)
             for name in sorted(bundled):
-                self._one(state, bundled[name], reset == name)
+                if self.only is None or name in self.only:
+                    self._one(state, bundled[name], reset == name)
             for name in sorted(set(state["skills"]) - set(bundled)):
-                self._gone(state, name)
+                if self.only is None:
+                    self._gone(state, name)
             if self.dirty:
                 self.save_state(state)
         out = {k: sorted(set(v)) for k, v in self.result.items()}
         out.update(target=str(self.target), dry_run=self.dry_run, messages=self.messages, backups=self.backups)
         return out
+
+    # -- read-only views and uninstall ------------------------------------------------
+    def listing(self, manifest: dict) -> list[dict]:
+        """Each bundled or tracked skill: bundle vs installed version and pristine/edited/deleted/orphan."""
+        state = self.load_state()
+        bundled = {s["name"]: s for s in manifest["skills"]}
+        rows = []
+        for name in sorted(set(bundled) | set(state["skills"])):
+            b, e = bundled.get(name), state["skills"].get(name)
+            row = {"name": name, "bundle_version": b["version"] if b else None,
+                   "installed_version": e.get("version") if e else None, "path": e["path"] if e else None}
+            if e is None:
+                row["status"] = "not installed"
+            else:
+                dest = self.dest_for(e["path"])
+                sha = folder_sha(dest)
+                row["status"] = ("deleted" if sha is None and not dest.is_symlink() else
+                                 "orphan" if b is None else "pristine" if sha == e["origin"] else "edited")
+                if row["status"] == "pristine" and b and b["sha256"] != e["origin"]:
+                    row["status"] = "pristine, update available"
+            rows.append(row)
+        return rows
+
+    def uninstall(self, manifest: dict, names: list[str]) -> dict:
+        """Remove our pristine copies (all, or ``names``); edited copies stay and are reported (I1)."""
+        with target_lock(self.state_dir, self.lock_timeout) if not self.dry_run else contextlib.nullcontext():
+            state = self.load_state()
+            if not self.dry_run:
+                self.recover(state)
+            unknown = [n for n in names if n not in state["skills"]]
+            if unknown:
+                raise UsageError(f"--uninstall {', '.join(unknown)}: not installed by sync.py here (installed: "
+                                 f"{', '.join(sorted(state['skills'])) or 'none'})")
+            for name in names or sorted(state["skills"]):
+                entry = state["skills"][name]
+                try:
+                    dest = self.dest_for(entry["path"])
+                    if not (dest.exists() or dest.is_symlink()):
+                        if not self.dry_run:
+                            state["skills"].pop(name)
+                            self.dirty = True
+                        self._note("removed", name, "was already deleted")
+                    elif dest.is_symlink() or folder_sha(dest) != entry["origin"]:
+                        self._note("user_modified", name, f"edited: kept at {dest} (untracked from now on)")
+                        if not self.dry_run:
+                            state["skills"].pop(name)
+                            self.dirty = True
+                    else:
+                        if not self.dry_run:
+                            self.remove(state, name, entry)
+                        self._note("removed", name)
+                except (OSError, ValueError) as exc:
+                    self._note("errors", name, str(exc))
+            if self.dirty:
+                self.save_state(state)
+        out = {k: sorted(set(v)) for k, v in self.result.items()}
+        out.update(target=str(self.target), dry_run=self.dry_run, messages=self.messages, backups=self.backups)
+        return out
+
+    def diff(self, manifest: dict, name: str) -> str:
+        """A unified diff per file of the user's copy against the bundled version, saying who changed what."""
+        import difflib
+        state = self.load_state()
+        bundled = {s["name"]: s for s in manifest["skills"]}
+        if name not in bundled:
+            raise UsageError(f"--diff {name}: no such skill in the bundle (have: {', '.join(sorted(bundled))})")
+        entry = state["skills"].get(name)
+        dest = self.dest_for(entry["path"] if entry else self.install_rel(bundled[name]))
+        if not dest.is_dir():
+            raise UsageError(f"--diff {name}: no installed copy at {dest}")
+        src = self.skills_root / bundled[name]["path"]
+        origin = (entry or {}).get("files", {})
+        mine, theirs = set(iter_files(dest)), set(iter_files(src))
+        out = []
+        for rel in sorted(mine | theirs):
+            a = (src / rel).read_text(encoding="utf-8", errors="replace").splitlines(True) if rel in theirs else []
+            b = (dest / rel).read_text(encoding="utf-8", errors="replace").splitlines(True) if rel in mine else []
+            if a == b:
+                continue
+            who = ("you changed it" if rel in mine and origin.get(rel) and file_sha(dest / rel) != origin[rel]
+                   else "you added it" if rel not in origin and rel in mine and rel not in theirs
+                   else "the bundle changed it" if origin.get(rel) and rel in theirs
+                   and file_sha(src / rel) != origin[rel] else "changed")
+            out.append(f"# {rel}: {who}\n")
+            out += difflib.unified_diff(a, b, f"bundle/{rel}", f"yours/{rel}")
+        return "".join(out) or f"{name}: your copy equals the bundled version\n"
 
     def _note(self, key, name, message=None):
         self.result[key].append(name)
@@ -489,7 +626,25 @@ class Syncer:
             rel = self.install_rel(skill)
             dest = self.dest_for(rel)
             entry = state["skills"].get(name)
+            if entry and entry["path"] != rel:
+                entry = self._moved(state, skill, entry, rel)
+                if entry is None:
+                    return
             exists = dest.exists() or dest.is_symlink()
+            # Another skill of this name elsewhere in the target (an agent's own, say hermes'
+            # mlops/training/trl-fine-tuning) would make the name ambiguous: not installed, unless --replace.
+            elsewhere = [p for p in self.others.get(name, []) if p.resolve() != dest.resolve()
+                         and not (entry and p.resolve() == self.dest_for(entry["path"]).resolve())]
+            if self.replace == name and (elsewhere or (exists and entry is None)):
+                for p in elsewhere + ([dest] if exists and entry is None else []):
+                    self._back_up(p, name)
+                elsewhere, exists = [], False
+            if elsewhere and entry is None:
+                where = ", ".join(str(p) for p in elsewhere)
+                self._note("collisions", name, f"another skill named {name} is at {where}; installing ours would "
+                                               f"make the name ambiguous. `--replace {name}` backs that one up "
+                                               "and installs prefpilot's")
+                return
             if reset:
                 if not self.dry_run:
                     self.install(state, skill, rel, backup_of_user=exists and folder_sha(dest) != skill["sha256"])
@@ -507,7 +662,8 @@ class Syncer:
                 elif folder_sha(dest) == skill["sha256"]:
                     # Byte-identical: adopt it so future updates apply.
                     if not self.dry_run:
-                        state["skills"][name] = {"origin": skill["sha256"], "path": rel, "version": skill["version"]}
+                        state["skills"][name] = {"origin": skill["sha256"], "path": rel, "version": skill["version"],
+                                                 "files": skill.get("files", {})}
                         self.dirty = True
                     self._note("unchanged", name)
                 else:
@@ -517,7 +673,14 @@ class Syncer:
                 self._note("user_deleted", name)  # I2: respected, not re-added
                 return
             current = folder_sha(dest)
-            if current != entry["origin"]:
+            if current != entry["origin"] and current == skill["sha256"]:
+                # the user's copy already equals the new version (edited to it, or copied by hand): adopt it
+                if not self.dry_run:
+                    state["skills"][name] = {**entry, "origin": skill["sha256"], "version": skill["version"],
+                                             "files": skill.get("files", {})}
+                    self.dirty = True
+                self._note("unchanged", name, "your copy equals the new bundled version: adopted")
+            elif current != entry["origin"]:
                 self._note("user_modified", name)  # I1: kept as the user left it
             elif current == skill["sha256"]:
                 self._note("unchanged", name)
@@ -529,6 +692,50 @@ class Syncer:
             self._note("user_modified", name, str(exc))
         except (OSError, ValueError) as exc:
             self._note("errors", name, str(exc))
+
+    def _moved(self, state, skill, entry, rel):
+        """The bundle moved a skill to another folder: a pristine copy follows it; an edited one stays (I1).
+        Returns the entry to continue with, or None when this skill is done."""
+        name = skill["name"]
+        old = self.dest_for(entry["path"])
+        new = self.dest_for(rel)
+        if not (old.exists() or old.is_symlink()):
+            # I2: the user deleted it; it stays deleted at its new path too
+            if not self.dry_run:
+                state["skills"][name] = {**entry, "path": rel}
+                self.dirty = True
+            self._note("user_deleted", name)
+            return None
+        if old.is_symlink() or folder_sha(old) != entry["origin"]:
+            self._note("user_modified", name, f"moved in the bundle to {rel}; your edited copy stays at "
+                                              f"{entry['path']} (sync.py --reset {name} installs the new one)")
+            return None
+        if new.exists() or new.is_symlink():
+            self._note("collisions", name, f"moved in the bundle to {rel}, which is taken; left at {entry['path']}")
+            return None
+        if not self.dry_run:
+            new.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(old, new)  # one rename: never half moved
+            with contextlib.suppress(OSError):
+                old.parent.rmdir()  # a category folder we emptied
+            entry = {**entry, "path": rel}
+            state["skills"][name] = entry
+            self.save_state(state)
+        else:
+            entry = {**entry, "path": rel}
+        self.messages[name] = f"moved from {old.relative_to(self.target)} to {rel}"
+        return entry
+
+    def _back_up(self, folder: Path, name: str) -> None:
+        """--replace: move another skill of our name into .prefpilot/backups (defused), never delete it."""
+        if self.dry_run:
+            self.backups.append(f"(would back up {folder})")
+            return
+        bdir = self.state_dir / "backups" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        bdir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(folder, bdir)
+        _defuse_skill_files(bdir)
+        self.backups.append(str(bdir))
 
     def _gone(self, state, name) -> None:
         """A skill we installed that the bundle no longer ships."""
@@ -554,12 +761,28 @@ class Syncer:
 
 
 # --------------------------------------------------------------------------- CLI
+# agent -> (user folder, project folder under --project, layout). hermes keeps categories; the others read
+# <name>/SKILL.md one level down.
+PRESETS = {
+    "hermes": (None, None, "tree"),
+    "claude": (Path(".claude") / "skills", Path(".claude") / "skills", "flat"),
+    "agents": (Path(".agents") / "skills", Path(".agents") / "skills", "flat"),  # Codex and other agents
+    "codex": (Path(".agents") / "skills", Path(".agents") / "skills", "flat"),
+    "cursor": (Path(".cursor") / "skills", Path(".cursor") / "skills", "flat"),
+}
+
+
 def resolve_target(args) -> tuple[Path, str]:
     if args.target is not None and not args.target.strip():
         raise UsageError("--target is empty: give the skills folder to install into")
-    if args.agent == "claude":
-        base = Path(args.target) if args.target else Path.home() / ".claude" / "skills"
-        return base, "flat"
+    if args.project:
+        agent = args.agent or "claude"
+        if PRESETS[agent][1] is None:
+            raise UsageError(f"--project: {agent} has no project-level skills folder; use --target")
+        return Path(args.project) / PRESETS[agent][1], PRESETS[agent][2]
+    if args.agent and args.agent != "hermes":
+        user, _, layout = PRESETS[args.agent]
+        return (Path(args.target) if args.target else Path.home() / user), layout
     if args.target:
         return Path(args.target), "tree"
     if os.environ.get("PREFPILOT_SKILLS_DIR"):
@@ -586,7 +809,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sync.py", description="Install or update the prefpilot skills "
                                  "without ever overwriting your edits.")
     ap.add_argument("--target", help="skills directory to install into")
-    ap.add_argument("--agent", choices=["hermes", "claude"], help="install for this agent's default directory")
+    ap.add_argument("--agent", choices=sorted(PRESETS), help="install for this agent's default folder (hermes "
+                    "~/.hermes/skills, claude ~/.claude/skills, agents/codex ~/.agents/skills, cursor ~/.cursor/skills)")
+    ap.add_argument("--project", metavar="DIR", help="install into a project's folder for --agent (default claude: "
+                    "DIR/.claude/skills)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="sync only these skills")
+    ap.add_argument("--replace", metavar="NAME", help="back up another skill that has this name and install ours")
+    ap.add_argument("--list", action="store_true", help="each skill: installed vs bundled version, "
+                    "pristine/edited/deleted/orphan")
+    ap.add_argument("--uninstall", nargs="*", metavar="NAME", help="remove our unedited copies (all, or NAMEs); "
+                    "edited copies are kept")
+    ap.add_argument("--diff", metavar="NAME", help="per-file diff of your copy of NAME against the bundled version")
     ap.add_argument("--dry-run", action="store_true", help="report the plan, write nothing")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--reset", metavar="NAME", help="replace the installed copy of NAME with the bundled one")
@@ -608,7 +841,21 @@ def main(argv=None) -> int:
             return 0
         manifest = load_bundle(bundle_dir)
         target, layout = resolve_target(args)
-        out = Syncer(bundle_dir, target, layout, args.dry_run, args.lock_timeout).run(manifest, reset=args.reset)
+        syncer = Syncer(bundle_dir, target, layout, args.dry_run, args.lock_timeout, only=args.only,
+                        replace=args.replace)
+        if args.list:
+            rows = syncer.listing(manifest)
+            print(json.dumps(rows, indent=1) if args.json else "\n".join(
+                f"{r['name']:28} {r['status']:28} installed {r['installed_version'] or '-':8} bundle "
+                f"{r['bundle_version'] or '-'}" for r in rows) or "no skills")
+            return 0
+        if args.diff:
+            print(syncer.diff(manifest, args.diff), end="")
+            return 0
+        if args.uninstall is not None:
+            out = syncer.uninstall(manifest, args.uninstall)
+        else:
+            out = syncer.run(manifest, reset=args.reset)
     except OSError as exc:  # an unusable target or state folder: one line, not a traceback
         exc = UsageError(f"{exc.filename or 'target'}: {exc.strerror or exc}")
         if args.json:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from pathlib import Path
 
 from skill_docs import ROOT, SKILLS
 
@@ -27,9 +28,15 @@ def test_front_matter(skill):
     meta = front_matter(skill / "SKILL.md")
     assert meta["name"] == skill.name
     assert re.fullmatch(r"[a-z0-9-]{1,64}", meta["name"])
-    assert 0 < len(meta["description"]) <= 1024 and "use it" in meta["description"].lower()
-    assert re.fullmatch(r"\d+\.\d+\.\d+", str(meta["version"]))
-    assert isinstance(meta["tags"], list) and meta["tags"]
+    # Agent Skills spec: only these top-level fields; version and tags live under metadata (hermes' layout)
+    assert set(meta) <= {"name", "description", "license", "compatibility", "metadata", "allowed-tools"}
+    assert 0 < len(meta["description"]) <= 1024 and 0 < len(meta["compatibility"]) <= 500
+    first = re.split(r"(?<=\.)\s", meta["description"], maxsplit=1)[0]
+    assert first.startswith("Use when") and len(first) <= 60, "hermes shows ~60 characters: say when, first"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(meta["metadata"]["version"]))
+    hermes = meta["metadata"]["hermes"]
+    assert isinstance(hermes["tags"], list) and hermes["tags"] and isinstance(hermes["related_skills"], list)
+    assert "## Prerequisites" in (skill / "SKILL.md").read_text(encoding="utf-8")
     assert (skill / "references").is_dir() and any((skill / "references").iterdir())
 
 
@@ -85,3 +92,37 @@ def test_manifest_shape():
         assert set(s) == {"name", "path", "version", "description", "sha256", "files"}
         assert (SKILLS / s["path"] / "SKILL.md").is_file()
         assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in s["files"].values())
+
+
+@pytest.mark.parametrize("skill", SKILL_DIRS, ids=lambda p: p.name)
+def test_agent_skills_reference_validator(skill):
+    """The Agent Skills spec's own validator (PyPI skills-ref, a dev extra) accepts every skill."""
+    validator = pytest.importorskip("skills_ref.validator", reason="skills-ref (the Agent Skills validator, dev "
+                                    "extra 'clients') is not installed")
+    assert validator.validate(skill) == []
+
+
+def test_long_references_have_a_table_of_contents():
+    for ref in ROOT.glob("skills/**/references/*.md"):
+        text = ref.read_text(encoding="utf-8")
+        if text.count("\n") > 300:
+            head = "\n".join(text.splitlines()[:40])
+            assert "## Contents" in head, f"{ref} has over 300 lines and no table of contents at the top"
+
+
+def test_claude_code_plugin_packaging():
+    """`/plugin marketplace add <this repo>` then `/plugin install prefpilot@prefpilot`: the manifests follow
+    Claude Code's documented plugin.json / marketplace.json fields, every skill path holds a SKILL.md and the
+    MCP server is the same `prefpilot mcp` the README configures."""
+    market = json.loads((ROOT / ".claude-plugin/marketplace.json").read_text())
+    assert re.fullmatch(r"[a-z0-9-]+", market["name"]) and market["owner"]["name"]
+    (entry,) = market["plugins"]
+    plugin_root = (ROOT / entry["source"]).resolve()
+    plugin = json.loads((plugin_root / ".claude-plugin/plugin.json").read_text())
+    assert plugin["name"] == entry["name"] and re.fullmatch(r"[a-z0-9-]+", plugin["name"])
+    assert plugin["version"] == entry["version"]
+    assert sorted(Path(p).name for p in plugin["skills"]) == sorted(p.name for p in SKILL_DIRS)
+    for p in plugin["skills"]:
+        assert p.startswith("./") and (plugin_root / p / "SKILL.md").is_file()
+    (server,) = plugin["mcpServers"].values()
+    assert server["command"] == "prefpilot" and server["args"][0] == "mcp"

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,7 +139,9 @@ def test_reset_backs_up_the_user_copy(bundle, target):
     rc, out = bundle.sync(target, "--reset", "alpha")
     assert rc == 0 and (target / "cat/alpha/SKILL.md").read_text() == skill_md("alpha")
     (backup,) = out["backups"]
-    assert Path(backup).is_relative_to(target / ".prefpilot") and (Path(backup) / "SKILL.md").read_text() == "mine"
+    assert Path(backup).is_relative_to(target / ".prefpilot")
+    # kept whole, but not as a loadable skill: agents scan hidden folders too
+    assert (Path(backup) / "SKILL.md.bak").read_text() == "mine" and not (Path(backup) / "SKILL.md").exists()
 
 
 def test_reset_unknown_name_is_usage_error(bundle, target):
@@ -297,8 +300,8 @@ def test_four_concurrent_syncs(bundle, target):
 
 
 # ----------------------------------------------------------------------------- property-based
-OPS = st.lists(st.tuples(st.sampled_from(["upstream", "edit", "delete", "sync", "drop", "readd"]),
-                         st.integers(0, 2)), min_size=1, max_size=12)
+OPS = st.lists(st.tuples(st.sampled_from(["upstream", "edit", "delete", "sync", "drop", "readd", "move",
+                                          "uninstall"]), st.integers(0, 2)), min_size=1, max_size=12)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -311,32 +314,130 @@ def test_no_user_edit_is_ever_lost(tmp_path_factory, ops):
         b.put(n)
     b.manifest()
     target = tmp / "t"
-    assert sync.main(["--bundle", str(b.path), "--target", str(target), "--json"]) == 0
-    edits: dict[str, str] = {}   # skill -> text the user wrote into its SKILL.md
+    run = lambda *extra: sync.main(["--bundle", str(b.path), "--target", str(target), "--json", *extra])  # noqa
+    assert run() == 0
+    edits: dict[str, tuple] = {}   # skill -> (folder the user edited, text they wrote into its SKILL.md)
+    category = {n: "cat" for n in names}
     in_bundle = set(names)
     version = 0
     for op, i in ops:
         n = names[i]
-        d = target / "cat" / n
+        here = [target / c / n for c in ("cat", "cat2") if (target / c / n).is_dir()]
         if op == "upstream" and n in in_bundle:
             version += 1
-            b.put(n, f"v{version}").manifest()
+            b.put(n, f"v{version}", category[n]).manifest()
         elif op == "drop" and n in in_bundle:
-            b.drop(n).manifest()
+            b.drop(n, category[n]).manifest()
             in_bundle.discard(n)
         elif op == "readd" and n not in in_bundle:
-            b.put(n, f"back{version}").manifest()
+            b.put(n, f"back{version}", category[n]).manifest()
             in_bundle.add(n)
-        elif op == "edit" and d.is_dir():
-            edits[n] = f"user text {len(edits)} {version}"
-            (d / "SKILL.md").write_text(edits[n])
-        elif op == "delete" and d.is_dir():
-            shutil.rmtree(d)
-            edits.pop(n, None)  # the user threw their own edit away; that is theirs to do
+        elif op == "move" and n in in_bundle:  # upstream moves the skill to another category
+            b.drop(n, category[n])
+            category[n] = "cat2" if category[n] == "cat" else "cat"
+            b.put(n, f"moved{version}", category[n]).manifest()
+        elif op == "edit" and here:
+            edits[n] = (here[0], f"user text {len(edits)} {version}")
+            (here[0] / "SKILL.md").write_text(edits[n][1])
+        elif op == "delete" and here:
+            shutil.rmtree(here[0])
+            if edits.get(n, (None,))[0] == here[0]:
+                edits.pop(n)  # the user threw their own edit away; that is theirs to do
         elif op == "sync":
-            assert sync.main(["--bundle", str(b.path), "--target", str(target), "--json"]) in (0, 1)
-        for m, text in edits.items():
-            assert (target / "cat" / m / "SKILL.md").read_text() == text, (ops, m)
+            assert run() in (0, 1)
+        elif op == "uninstall":
+            assert run("--uninstall") in (0, 1)
+        for m, (folder, text) in edits.items():
+            assert (folder / "SKILL.md").read_text() == text, (ops, m)
+
+
+def agent_scan(target):
+    """What hermes does: every SKILL.md below the skills folder, hidden folders included, by frontmatter name."""
+    names = []
+    for p in target.rglob("SKILL.md"):
+        m = re.search(r"^name:\s*(\S+)", p.read_text(), re.M)
+        names.append(m.group(1) if m else p.parent.name)
+    return sorted(names)
+
+
+def test_an_agent_scan_finds_each_skill_once_through_edit_reset_and_uninstall(bundle, target):
+    bundle.sync(target)
+    assert agent_scan(target) == ["alpha", "beta"]
+    (target / "cat/alpha/SKILL.md").write_text(skill_md("alpha", "my edit"))
+    bundle.sync(target, "--reset", "alpha")  # the edited copy goes to .prefpilot/backups/
+    assert agent_scan(target) == ["alpha", "beta"]
+    rc, out = bundle.sync(target, "--uninstall")
+    assert rc == 0 and set(out["removed"]) == {"alpha", "beta"} and agent_scan(target) == []
+
+
+def test_a_skill_of_the_same_name_elsewhere_is_a_collision_until_replace(bundle, target):
+    theirs = target / "mlops" / "training" / "alpha"  # an agent's own skill with our name, at another path
+    theirs.mkdir(parents=True)
+    (theirs / "SKILL.md").write_text(skill_md("alpha", "hermes' own"))
+    rc, out = bundle.sync(target)
+    assert "alpha" in out["collisions"] and str(theirs) in out["messages"]["alpha"] and "--replace" in \
+        out["messages"]["alpha"]
+    assert not (target / "cat/alpha").exists() and agent_scan(target) == ["alpha", "beta"]
+    rc, out = bundle.sync(target, "--replace", "alpha")
+    assert rc == 0 and "alpha" in out["copied"] and not theirs.exists()
+    (backup,) = out["backups"]
+    assert "hermes' own" in (Path(backup) / "SKILL.md.bak").read_text()
+    assert agent_scan(target) == ["alpha", "beta"]
+
+
+def test_a_moved_skill_follows_when_pristine_and_stays_when_edited(tmp_path):
+    b = Bundle(tmp_path / "b").put("alpha").put("beta").manifest()
+    target = tmp_path / "t"
+    b.sync(target)
+    (target / "cat/beta/SKILL.md").write_text("edited")
+    b.drop("alpha").put("alpha", category="other").drop("beta").put("beta", category="other").manifest()
+    rc, out = b.sync(target)
+    assert (target / "other/alpha/SKILL.md").is_file() and not (target / "cat/alpha").exists()
+    assert "moved" in out["messages"]["alpha"] and "alpha" not in out["user_deleted"]
+    assert (target / "cat/beta/SKILL.md").read_text() == "edited" and not (target / "other/beta").exists()
+    assert "beta" in out["user_modified"] and "your edited copy stays" in out["messages"]["beta"]
+
+
+def test_a_copy_equal_to_the_new_version_is_adopted(bundle, target):
+    bundle.sync(target)
+    bundle.put("alpha", "v2").manifest()
+    for rel in ("SKILL.md", "references/notes.md"):  # the user brought their copy up to date by hand
+        shutil.copy(bundle.path / "skills/cat/alpha" / rel, target / "cat/alpha" / rel)
+    rc, out = bundle.sync(target)
+    assert "alpha" in out["unchanged"] and "adopted" in out["messages"]["alpha"]
+    bundle.put("alpha", "v3").manifest()
+    assert "alpha" in bundle.sync(target)[1]["updated"]  # tracked again: later updates apply
+
+
+def test_list_diff_only_and_uninstall_keep_edits(bundle, target):
+    bundle.sync(target, "--only", "alpha")
+    assert (target / "cat/alpha").is_dir() and not (target / "cat/beta").exists()
+    bundle.sync(target)
+    (target / "cat/alpha/references/notes.md").write_text("my notes\n")
+    bundle.put("beta", "v2").manifest()
+    p = subprocess.run([sys.executable, str(bundle.path / "sync.py"), "--target", str(target), "--list", "--json"],
+                       capture_output=True, text=True, timeout=60)
+    rows = {r["name"]: r["status"] for r in json.loads(p.stdout)}
+    assert rows == {"alpha": "edited", "beta": "pristine, update available"}
+    p = subprocess.run([sys.executable, str(bundle.path / "sync.py"), "--target", str(target), "--diff", "alpha"],
+                       capture_output=True, text=True, timeout=60)
+    assert "references/notes.md: you changed it" in p.stdout and "+my notes" in p.stdout
+    rc, out = bundle.sync(target, "--uninstall")
+    assert out["removed"] == ["beta"] and out["user_modified"] == ["alpha"]
+    assert (target / "cat/alpha/references/notes.md").read_text() == "my notes\n"
+
+
+def test_exec_bits_kept_and_presets(tmp_path, monkeypatch):
+    b = Bundle(tmp_path / "b").put("alpha", extra={"scripts/run.sh": "#!/bin/sh\necho hi\n"})
+    (b.path / "skills/cat/alpha/scripts/run.sh").chmod(0o755)
+    b.manifest()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for agent, where in (("agents", "home/.agents/skills"), ("codex", "home/.agents/skills"),
+                         ("cursor", "home/.cursor/skills")):
+        assert sync.main(["--bundle", str(b.path), "--agent", agent, "--json"]) == 0
+        assert os.access(tmp_path / where / "alpha/scripts/run.sh", os.X_OK)
+    assert sync.main(["--bundle", str(b.path), "--agent", "claude", "--project", str(tmp_path / "proj")]) == 0
+    assert (tmp_path / "proj/.claude/skills/alpha/SKILL.md").is_file()
 
 
 # ----------------------------------------------------------------------------- hardening (issue 13)
