@@ -3,6 +3,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,13 +57,18 @@ def test_tools_resources_prompts_are_listed_with_schemas_and_annotations(ws):
     with session(ws) as (portal, client):
         tools = {t.name: t for t in portal.call(client.list_tools).tools}
         assert set(tools) == {"list_skills", "read_skill", "validate_config", "plan_run", "launch_run", "run_status",
-                              "list_runs", "cancel_run", "run_logs", "diagnose_run", "explain_loss"}
+                              "list_runs", "cancel_run", "resume_run", "wait_run", "run_logs", "diagnose_run",
+                              "explain_loss"}
         for name, t in tools.items():
             assert t.description and len(t.description) > 40, name
             assert t.output_schema, f"{name} has no output schema"
         assert tools["cancel_run"].annotations.destructive_hint is True
         assert tools["launch_run"].annotations.read_only_hint is False
-        assert all(tools[n].annotations.read_only_hint for n in ("validate_config", "run_status", "diagnose_run"))
+        assert all(tools[n].annotations.read_only_hint for n in ("validate_config", "diagnose_run"))
+        # run_status/list_runs record a dead trainer as failed: they write, so they are not read-only
+        assert not tools["run_status"].annotations.read_only_hint and tools["launch_run"].annotations.open_world_hint
+        assert all(t.title for t in tools.values())
+        assert tools["wait_run"].input_schema["properties"]["timeout_s"]["maximum"] == 50
         assert "config" in tools["validate_config"].input_schema["properties"]
 
         resources = [str(r.uri) for r in portal.call(client.list_resources).resources]
@@ -134,7 +140,7 @@ def test_validate_plan_explain_and_refusals(ws, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_launch_poll_diagnose_cancel_over_stdio(ws):
+def test_launch_wait_diagnose_cancel_resume_over_stdio(ws):
     tiny = build_tiny_model(ws / "model")
     cfg = {"model_name_or_path": "model", "dataset_path": "builtin:arith-prefs", "per_device_train_batch_size": 2,
            "learning_rate": 5e-3, "max_length": 64, "save_strategy": "no", "max_steps": 24}
@@ -145,34 +151,70 @@ def test_launch_poll_diagnose_cancel_over_stdio(ws):
         run = call(portal, client, "launch_run", {"yaml": yaml.safe_dump(cfg)}).structured_content
         run_id = run["run_id"]
         assert run["run_dir"].startswith(str(ws / "runs"))
+        # one training at a time on this CPU machine: a second launch is refused, naming the active one
+        busy = call(portal, client, "launch_run", {"config": cfg})
+        assert busy.is_error and "too_many_runs" in text(busy) and run_id in text(busy)
+        progress = []
+
+        async def on_progress(value, total, message):
+            progress.append((value, total, message))
         deadline = time.time() + 300
-        while True:
-            st = call(portal, client, "run_status", {"run_id": run_id}).structured_content
-            if st["state"] in ("completed", "failed") or time.time() > deadline:
+        while True:  # wait_run blocks up to timeout_s and reports progress (step of total, loss, ETA)
+            st = portal.call(lambda: client.call_tool("wait_run", {"run_id": run_id, "timeout_s": 20},
+                                                      progress_callback=on_progress)).structured_content
+            if st["state"] not in ("queued", "running") or time.time() > deadline:
                 break
-            time.sleep(0.5)
         assert st["state"] == "completed", st.get("log_tail")
         assert st["step"] == 24 and st["last_metrics"]["step"] == 24
+        assert len(progress) >= 2 and any("step" in m for _, _, m in progress)
+        assert st["verdict"] in ("healthy", "problems", "inconclusive")  # the live diagnosis ran
 
         d = call(portal, client, "diagnose_run", {"run_id": run_id})
-        assert not d.is_error
+        assert not d.is_error and not [c for c in d.content if c.type == "image"]  # the PNG only on request
         assert d.structured_content["steps"] == 24 and d.structured_content["parsed"]["rows"] == 24
-        images = [c for c in d.content if c.type == "image"]
-        assert len(images) == 1 and images[0].mime_type == "image/png"
-        assert base64.b64decode(images[0].data)[:4] == b"\x89PNG"
-        d2 = call(portal, client, "diagnose_run", {"metrics_path": f"runs/{run_id}/metrics.jsonl", "plot": False})
-        assert d2.structured_content["parsed"]["rows"] == 24 and not [c for c in d2.content if c.type == "image"]
+        d2 = call(portal, client, "diagnose_run", {"metrics_path": f"runs/{run_id}/metrics.jsonl", "plot": True})
+        images = [c for c in d2.content if c.type == "image"]
+        assert len(images) == 1 and base64.b64decode(images[0].data)[:4] == b"\x89PNG"
 
         long = call(portal, client, "launch_run", {"config": {**cfg, "max_steps": 5000}}).structured_content
         # cancel once it is inside the training loop (a cancel during model loading has no step to checkpoint)
-        while not call(portal, client, "run_status", {"run_id": long["run_id"]}).structured_content["last_metrics"]:
+        while not (st := call(portal, client, "run_status", {"run_id": long["run_id"]}).structured_content)[
+                "last_metrics"]:
             time.sleep(0.3)
-        c = call(portal, client, "cancel_run", {"run_id": long["run_id"], "grace_seconds": 120}).structured_content
+        os.kill(st["pid"], signal.SIGSTOP)  # a trainer that cannot answer: cancel must still return at once
+        try:
+            t0 = time.perf_counter()
+            c = call(portal, client, "cancel_run", {"run_id": long["run_id"], "grace_seconds": 120}).structured_content
+            assert time.perf_counter() - t0 < 1 and c["state"] == "cancelling"
+            again = call(portal, client, "cancel_run", {"run_id": long["run_id"]}).structured_content
+            assert "already requested" in again["note"]
+        finally:
+            os.kill(st["pid"], signal.SIGCONT)
+        while (c := call(portal, client, "wait_run", {"run_id": long["run_id"], "timeout_s": 30}).structured_content
+               )["state"] in ("queued", "running"):
+            pass
         assert c["state"] == "cancelled" and c["checkpoint"]
-        runs = call(portal, client, "list_runs").structured_content["result"]
-        assert {r["run_id"]: r["state"] for r in runs} == {run_id: "completed", long["run_id"]: "cancelled"}
+        page = call(portal, client, "list_runs", {"limit": 1}).structured_content
+        assert page["total"] == 2 and len(page["runs"]) == 1 and page["next_cursor"]
+        rest = call(portal, client, "list_runs", {"limit": 1, "cursor": page["next_cursor"]}).structured_content
+        assert {r["run_id"]: r["state"] for r in page["runs"] + rest["runs"]} == {
+            run_id: "completed", long["run_id"]: "cancelled"} and rest["next_cursor"] is None
         logs = text(call(portal, client, "run_logs", {"run_id": long["run_id"], "tail": 20}))
         assert "stop requested" in logs
+        resumed = call(portal, client, "resume_run", {"run_id": long["run_id"]}).structured_content
+        assert resumed["state"] in ("queued", "running") and resumed["resumed_from"].endswith(c["checkpoint"][-20:])
+        call(portal, client, "cancel_run", {"run_id": long["run_id"], "grace_seconds": 5})
+        while call(portal, client, "wait_run", {"run_id": long["run_id"], "timeout_s": 30}).structured_content[
+                "state"] in ("queued", "running"):
+            pass
+
+
+def test_a_missing_skill_resource_is_not_found_not_a_crash(ws):
+    from mcp.shared.exceptions import MCPError
+    with session(ws) as (portal, client):
+        with pytest.raises(MCPError) as err:
+            portal.call(client.read_resource, "skill://simpo/references/nope.md")
+        assert err.value.error.code == -32602 and "nope.md" in err.value.error.message
 
 
 # ----------------------------------------------------------------------------- fuzz
@@ -195,7 +237,9 @@ TOOL_ARGS = {
                                                     "dataset_path": PATHS}),
     "launch_run": st.fixed_dictionaries({"dry_run": st.booleans()}, optional={"config": CONFIGS, "yaml": st.text(max_size=60)}),
     "run_status": st.fixed_dictionaries({"run_id": JSONISH | PATHS}),
-    "list_runs": st.fixed_dictionaries({}),
+    "list_runs": st.fixed_dictionaries({}, optional={"limit": JSONISH, "cursor": JSONISH | PATHS}),
+    "resume_run": st.fixed_dictionaries({"run_id": JSONISH | PATHS}),
+    "wait_run": st.fixed_dictionaries({"run_id": JSONISH | PATHS}, optional={"timeout_s": st.just(1)}),
     "cancel_run": st.fixed_dictionaries({"run_id": JSONISH | PATHS}, optional={"grace_seconds": JSONISH}),
     "run_logs": st.fixed_dictionaries({"run_id": JSONISH | PATHS}, optional={"tail": JSONISH}),
     "diagnose_run": st.fixed_dictionaries({}, optional={"run_id": JSONISH | PATHS, "metrics_path": PATHS,
@@ -229,8 +273,8 @@ def test_fuzzed_arguments_get_a_result_or_a_tool_error(tool, fuzz_session):
             assert r.content or r.structured_content is not None
     check()
     # the server is still alive and answering after the barrage
-    assert len(portal.call(client.list_tools).tools) == 11
-    assert not [p for p in (portal.call(client.call_tool, "list_runs", {}).structured_content["result"])
+    assert len(portal.call(client.list_tools).tools) == 13
+    assert not [p for p in (portal.call(client.call_tool, "list_runs", {}).structured_content["runs"])
                 if p.get("state") == "running"]
 
 

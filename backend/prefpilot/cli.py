@@ -362,8 +362,15 @@ def cmd_demo(args) -> int:
 
 def cmd_mcp(args) -> int:
     from .mcp_server import serve
-    return serve(transport=args.transport, host=args.host, port=args.port, workspace=args.workspace,
-                 runs_root=args.runs_root, allow_remote_code=args.allow_remote_code, allow_network=args.allow_network)
+    try:
+        return serve(transport=args.transport, host=args.host, port=args.port, workspace=args.workspace,
+                     runs_root=args.runs_root, allow_remote_code=args.allow_remote_code,
+                     allow_network=args.allow_network, token_file=args.token_file, no_auth=args.no_auth,
+                     allowed_hosts=args.allowed_host or (), allowed_origins=args.allowed_origin or (),
+                     max_concurrent_runs=args.max_concurrent_runs)
+    except PrefpilotError as exc:  # an unsafe or unusable HTTP set-up: refused before listening
+        print(f"prefpilot mcp: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_models(args) -> int:
@@ -480,6 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let configs set trust_remote_code: true (refused otherwise)")
     p.add_argument("--allow-network", action="store_true",
                    help="let configs push to the Hub or report to remote trackers (refused otherwise)")
+    p.add_argument("--token-file", help="HTTP: file holding the bearer token clients must send (default: "
+                   "$PREFPILOT_MCP_TOKEN, else one generated into <workspace>/.prefpilot/mcp-token)")
+    p.add_argument("--no-auth", action="store_true", help="HTTP on 127.0.0.1 only: no token (logged as unsafe)")
+    p.add_argument("--max-concurrent-runs", type=int, metavar="N",
+                   help="trainings at once (default: one per GPU, one on a CPU-only machine)")
+    p.add_argument("--allowed-host", action="append", metavar="HOST:PORT",
+                   help="HTTP: also accept this Host header (repeatable; loopback is always accepted)")
+    p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
+                   help="HTTP: also accept this Origin header, e.g. https://app.example (repeatable)")
 
     p = sub.add_parser("models", help="prepare the embedded default model")
     ms = p.add_subparsers(dest="models_cmd", required=True)

@@ -19,7 +19,9 @@ from typing import Annotated, Any, Literal
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from pydantic import Field
 from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 
 from .errors import PrefpilotError
@@ -94,8 +96,19 @@ class RunStatus(TypedDict, total=False):
     started_at: str | None
     finished_at: str | None
     note: str
+    pid: int | None
+    verdict: str | None                        # the live diagnosis' verdict so far
+    cancel_requested_at: str | None
+    resumed_at: str | None
+    resumed_from: str | None
     findings: list[dict[str, Any]] | None      # live diagnosis of the history so far
     stopped_by: dict[str, Any] | None          # the finding that stopped the run (config diagnose.stop_on)
+
+
+class RunPage(TypedDict):
+    runs: list[dict[str, Any]]
+    next_cursor: str | None
+    total: int
 
 
 class RunSummary(TypedDict, total=False):
@@ -168,6 +181,35 @@ def tool_errors(fn):
     return wrapper
 
 
+def tool_errors_async(fn):
+    """tool_errors for async tools (wait_run)."""
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except ToolError:
+            raise
+        except PrefpilotError as exc:
+            raise ToolError(f"{exc} [{exc.code}]") from None
+        except (ValueError, TypeError, OSError) as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from None
+    return wrapper
+
+
+# run_status and list_runs may rewrite status.json (a dead trainer is recorded as failed): not read-only
+OBSERVE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+def _check_capacity(ws: Workspace) -> None:
+    """At most ws.max_concurrent_runs trainings at once on this machine (default: one per GPU, one on CPU)."""
+    from . import runs
+    active = runs.active_runs(ws.runs_root)
+    if len(active) >= ws.max_concurrent_runs:
+        raise PrefpilotError(f"{len(active)} run(s) already active ({', '.join(active)}); this server allows "
+                             f"{ws.max_concurrent_runs} at a time (--max-concurrent-runs). Wait for one (wait_run) "
+                             "or cancel one first", code="too_many_runs")
+
+
 def _one_config(config: dict | None, yaml_text: str | None) -> dict:
     if (config is None) == (yaml_text is None):
         raise PrefpilotError("pass exactly one of `config` (an object) or `yaml` (YAML text)", code="bad_arguments")
@@ -195,7 +237,7 @@ def build_server(ws: Workspace) -> MCPServer:
     mcp = MCPServer(name="prefpilot", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
 
     # -- skills
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="List the skills", annotations=READ_ONLY)
     @tool_errors
     def list_skills() -> list[SkillInfo]:
         """List the bundled skills (DPO/TRL training, SimPO, reward-margin diagnostics) with their files.
@@ -204,7 +246,7 @@ def build_server(ws: Workspace) -> MCPServer:
         from .skills import list_skills as _list
         return _list()
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="Read a skill file", annotations=READ_ONLY)
     @tool_errors
     def read_skill(name: str, file: str = "SKILL.md") -> str:
         """Return the Markdown of one skill file, e.g. name="simpo", file="references/debugging.md".
@@ -214,7 +256,7 @@ def build_server(ws: Workspace) -> MCPServer:
         return _read(name, file)
 
     # -- config
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="Validate a run config", annotations=READ_ONLY)
     @tool_errors
     def validate_config(config: dict[str, Any] | None = None, yaml: str | None = None) -> ValidationReport:
         """Check a run config before spending compute: unknown/removed keys, types, ranges, TRL's own refusals,
@@ -224,7 +266,7 @@ def build_server(ws: Workspace) -> MCPServer:
         from .config.validate import validate
         return _json_safe(validate(ws.confine_config(_one_config(config, yaml))))
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="Plan a run from published hyperparameters", annotations=READ_ONLY)
     @tool_errors
     def plan_run(method: Literal["dpo", "simpo"] = "dpo", model: str = DEFAULT_MODEL,
                  gpu_memory_gb: float | None = None, num_gpus: int | None = None, dataset_size: int | None = None,
@@ -240,8 +282,9 @@ def build_server(ws: Workspace) -> MCPServer:
                                dataset_size=dataset_size, dataset_path=dataset_path, max_length=max_length))
 
     # -- runs
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                                          open_world_hint=False))
+    # open world: a model or dataset not on disk is downloaded from the Hub by the trainer
+    @mcp.tool(title="Launch a training run", annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True))
     @tool_errors
     def launch_run(config: dict[str, Any] | None = None, yaml: str | None = None, dry_run: bool = False) -> LaunchResult:
         """Validate a config and start training in the background; returns run_id at once.
@@ -259,38 +302,99 @@ def build_server(ws: Workspace) -> MCPServer:
         if dry_run:
             return {"run_id": None, "run_dir": None, "state": "not started", "dry_run": True, "report": report,
                     "next": "call launch_run again without dry_run to start it"}
+        _check_capacity(ws)
         run_id = runs.launch(cfg, ws.runs_root)
         st = runs.status(run_id, ws.runs_root)
         return {"run_id": run_id, "run_dir": st["run_dir"], "state": st["state"], "dry_run": False,
-                "report": report, "next": f"poll run_status('{run_id}'); diagnose_run('{run_id}') when done"}
+                "report": report, "next": f"wait_run('{run_id}') or run_status('{run_id}'); diagnose_run('{run_id}') "
+                                          "when done"}
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="Status of a run", annotations=OBSERVE)
     @tool_errors
     def run_status(run_id: str) -> RunStatus:
-        """State (queued/running/completed/failed/cancelled), step/total, percent, ETA, last logged metrics and
-        error of a run. A process that died without a final state is reported failed with its log tail."""
+        """State (queued/running/completed/failed/cancelled), step/total, percent, ETA, last logged metrics,
+        live diagnosis findings and error of a run. A process that died without a final state is reported
+        failed with its log tail."""
         from . import runs
         return _json_safe(runs.status(run_id, ws.runs_root))
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="List runs", annotations=OBSERVE)
     @tool_errors
-    def list_runs() -> list[RunSummary]:
-        """All runs under the runs root, newest first, with state and progress."""
+    def list_runs(limit: Annotated[int, Field(ge=1, le=200, description="runs per page")] = 20,
+                  cursor: Annotated[str | None, Field(description="next_cursor of the previous page")] = None
+                  ) -> RunPage:
+        """Runs under the runs root, newest first, a page at a time (limit 1-200; pass next_cursor back for the
+        next page)."""
         from . import runs
-        return _json_safe(runs.list_runs(ws.runs_root))
+        rows = runs.list_runs(ws.runs_root)
+        start = 0
+        if cursor:
+            ids = [r["run_id"] for r in rows]
+            if cursor not in ids:
+                raise PrefpilotError(f"cursor {cursor[:80]!r} is not a run id of this list", code="bad_cursor")
+            start = ids.index(cursor) + 1
+        page = rows[start:start + limit]
+        more = start + limit < len(rows)
+        return _json_safe({"runs": page, "next_cursor": page[-1]["run_id"] if more and page else None,
+                           "total": len(rows)})
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
-                                          open_world_hint=False))
+    @mcp.tool(title="Cancel a run", annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False))
     @tool_errors
-    def cancel_run(run_id: str, grace_seconds: float = 60.0) -> RunStatus:
-        """Stop a running run: it saves a checkpoint after the current step and ends as cancelled (killed after
-        grace_seconds if it does not stop). The checkpoint is kept; resume with the CLI `prefpilot runs resume`."""
+    def cancel_run(run_id: str, grace_seconds: Annotated[float, Field(ge=0, le=600, description=(
+            "seconds the trainer gets to save a checkpoint before it is killed"))] = 60.0) -> RunStatus:
+        """Ask a running run to stop: it saves a checkpoint after the current step and ends as cancelled (killed
+        after grace_seconds if it does not stop). Returns at once with state 'cancelling'; follow with wait_run
+        or run_status. A second cancel is a no-op. Resume later with resume_run."""
         from . import runs
         if not 0 <= grace_seconds <= 600:
             raise PrefpilotError("grace_seconds must be between 0 and 600", code="bad_arguments")
-        return _json_safe(runs.cancel(run_id, ws.runs_root, grace=grace_seconds))
+        return _json_safe(runs.cancel(run_id, ws.runs_root, grace=grace_seconds, wait=False))
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="Resume a run", annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True))
+    @tool_errors
+    def resume_run(run_id: str) -> RunStatus:
+        """Restart a failed or cancelled run from its last complete checkpoint (from the start if none)."""
+        from . import runs
+        _check_capacity(ws)
+        return _json_safe(runs.resume(run_id, ws.runs_root))
+
+    @mcp.tool(title="Wait for a run", annotations=OBSERVE)
+    @tool_errors_async
+    async def wait_run(run_id: str, ctx: Context,
+                       timeout_s: Annotated[float, Field(ge=1, le=50, description=(
+                           "longest wait in seconds (below the usual 60 s client timeout)"))] = 30.0,
+                       until: Annotated[Literal["end", "step"], Field(description=(
+                           "end: until the run stops (completed, failed, cancelled); step: until the next "
+                           "logged step"))] = "end") -> RunStatus:
+        """Block up to timeout_s while a run trains, sending progress notifications (step of total, loss,
+        ETA) when the client asked for them, then return its status. Call again to keep waiting."""
+        import anyio
+
+        from . import runs
+        if not 1 <= timeout_s <= 50:
+            raise PrefpilotError("timeout_s must be between 1 and 50", code="bad_arguments")
+        deadline = anyio.current_time() + timeout_s
+        st = runs.status(run_id, ws.runs_root)
+        first_step = st.get("step")
+        while True:
+            step, total = st.get("step") or 0, st.get("total_steps")
+            m = st.get("last_metrics") or {}
+            bits = [f"{st.get('state')}", f"step {step}/{total or '?'}"]
+            if isinstance(m.get("loss"), (int, float)):
+                bits.append(f"loss {m['loss']:.4g}")
+            if st.get("eta_seconds") and st.get("state") == "running":
+                bits.append(f"ETA {int(st['eta_seconds'])} s")
+            await ctx.report_progress(step, total, ", ".join(bits))
+            done = st.get("state") not in runs.ACTIVE or (until == "step" and st.get("step") != first_step)
+            if done or anyio.current_time() >= deadline:
+                return _json_safe({**st, "note": "finished waiting" if done else
+                                   f"still {st.get('state')} after {timeout_s:g} s: call wait_run again"})
+            await anyio.sleep(min(1.0, max(0.0, deadline - anyio.current_time())))
+            st = runs.status(run_id, ws.runs_root)
+
+    @mcp.tool(title="Tail a run's log", annotations=READ_ONLY)
     @tool_errors
     def run_logs(run_id: str, tail: int = 50) -> str:
         """The last `tail` lines (1-10000) of a run's train.log."""
@@ -298,10 +402,10 @@ def build_server(ws: Workspace) -> MCPServer:
         return runs.logs(run_id, ws.runs_root, tail=tail)
 
     # -- diagnosis
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="Diagnose a run", annotations=READ_ONLY)
     @tool_errors
     def diagnose_run(run_id: str | None = None, metrics_path: str | None = None,
-                     method: Literal["dpo", "simpo", "cpo", "orpo", "kto"] | None = None, plot: bool = True
+                     method: Literal["dpo", "simpo", "cpo", "orpo", "kto"] | None = None, plot: bool = False
                      ) -> Annotated[CallToolResult, Diagnosis]:
         """Diagnose a preference run (run_id) or a log file inside the workspace (metrics.jsonl,
         trainer_state.json, trainer_log.jsonl, CSV/TSV, a console log, a model card, TensorBoard events).
@@ -312,7 +416,7 @@ def build_server(ws: Workspace) -> MCPServer:
         or inconclusive (too few points: the report says what to log). The method (dpo/simpo/cpo/orpo/kto)
         comes from the run's config or the logged keys and decides which rules run. Each finding has
         evidence, an explanation and remedies as config changes that say what they change from. With
-        plot=true the curves come back as a PNG image."""
+        plot=true the curves also come back as a PNG image (~130 KB; off by default)."""
         from . import runs
         from .diagnosis import diagnose_source
         if (run_id is None) == (metrics_path is None):
@@ -328,7 +432,7 @@ def build_server(ws: Workspace) -> MCPServer:
                                         data=base64.b64encode(png.getvalue()).decode()))
         return CallToolResult(content=content, structured_content=report)
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(title="Explain a loss type", annotations=READ_ONLY)
     @tool_errors
     def explain_loss(loss_type: str, method: Literal["dpo", "simpo"] | None = None) -> LossExplanation:
         """Explain a loss type: formula (a Python expression per pair, tested against TRL), when to use it,
@@ -355,8 +459,8 @@ def build_server(ws: Workspace) -> MCPServer:
         """Any file of a bundled skill, e.g. skill://simpo/references/debugging.md."""
         try:
             return _read_skill(name, path)
-        except PrefpilotError as exc:
-            raise ValueError(str(exc)) from None
+        except PrefpilotError as exc:  # a client mistake: a clear "not found", no traceback on stderr
+            raise ResourceNotFoundError(str(exc)) from None
 
     # -- prompt
     @mcp.prompt(name="plan-preference-run")
@@ -382,13 +486,16 @@ Model: {model}
 
 
 def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, workspace=None, runs_root=None,
-          allow_remote_code: bool = False, allow_network: bool = False) -> int:
+          allow_remote_code: bool = False, allow_network: bool = False, token_file: str | None = None,
+          no_auth: bool = False, allowed_hosts=(), allowed_origins=(), max_concurrent_runs: int | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,  # stdout is the protocol channel on stdio
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ws = Workspace.create(workspace, runs_root, allow_remote_code, allow_network=allow_network)
+    ws = Workspace.create(workspace, runs_root, allow_remote_code, allow_network=allow_network,
+                          max_concurrent_runs=max_concurrent_runs)
     server = build_server(ws)
     if transport == "stdio":
         server.run("stdio")
-    else:
-        server.run("streamable-http", host=host, port=port)
-    return 0
+        return 0
+    from .mcp_http import serve_http  # bearer token, Host/Origin allow-lists (see mcp_http.py)
+    return serve_http(server, ws.root, host, port, token_file=token_file, no_auth=no_auth,
+                      allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)

@@ -223,8 +223,11 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
     return sorted(out, key=lambda r: r.get("created_at") or "", reverse=True)
 
 
-def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0) -> dict:
-    """SIGTERM (the trainer checkpoints and stops after the current step), then SIGKILL after ``grace`` s."""
+def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0, wait: bool = True) -> dict:
+    """SIGTERM (the trainer checkpoints and stops after the current step), then SIGKILL after ``grace`` s.
+
+    ``wait=False`` returns as soon as the signal is sent (state ``cancelling``; MCP clients time out long
+    before a grace period ends) and finishes the job in a background thread of this process."""
     d = run_path(run_id, root)
     with rundir.run_lock(d):  # one launch/resume/cancel at a time per run
         st = status(run_id, root)
@@ -241,30 +244,47 @@ def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0) 
                                                     "trainer: nothing was signalled"}
         rundir.update_status(d, cancel_requested_at=rundir.now())
     pid, started = st.get("pid"), st.get("pid_started")
+    if not wait:
+        _signal_group(pid, signal.SIGTERM)
+        threading.Thread(target=_finish_cancel, args=(d, pid, started, grace), daemon=True).start()
+        return {**status(run_id, root), "state": "cancelling",
+                "note": f"SIGTERM sent: the trainer saves a checkpoint after the current step and stops (killed "
+                        f"after {grace:g} s if not); follow it with run_status or wait_run"}
 
-    def signal_group(sig):
+    _signal_group(pid, signal.SIGTERM)
+    _finish_cancel(d, pid, started, grace)
+    return status(run_id, root)
+
+
+def _signal_group(pid: int, sig) -> None:
+    try:
+        os.killpg(pid, sig)  # the trainer leads its own session; its children die with it
+    except (ProcessLookupError, PermissionError):
         try:
-            os.killpg(pid, sig)  # the trainer leads its own session; its children die with it
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
-    signal_group(signal.SIGTERM)
+
+def _finish_cancel(d: Path, pid: int, started, grace: float) -> None:
+    """Wait up to ``grace`` s for the trainer to checkpoint and exit; kill it after that; record the end."""
     deadline = time.time() + grace
     while time.time() < deadline and pid_alive(pid, started):
         time.sleep(0.2)
     killed = pid_alive(pid, started)
     if killed:
-        signal_group(signal.SIGKILL)
+        _signal_group(pid, signal.SIGKILL)
         end = time.time() + 10
         while time.time() < end and pid_alive(pid, started):
             time.sleep(0.1)
     if rundir.read_status(d).get("state") in ACTIVE:
         rundir.update_status(d, state="cancelled", finished_at=rundir.now(),
                              error="cancelled by request" + (" (killed after the grace period)" if killed else ""))
-    return status(run_id, root)
+
+
+def active_runs(root: str | Path | None = None) -> list[str]:
+    """Run ids that are queued or running now (their process checked)."""
+    return [r["run_id"] for r in list_runs(root) if r["state"] in ACTIVE]
 
 
 def resume(run_id: str, root: str | Path | None = None) -> dict:

@@ -20,13 +20,18 @@ class Workspace:
     allow_remote_code: bool = False
     extra_roots: list[Path] = field(default_factory=list)
     allow_network: bool = False
+    max_concurrent_runs: int = 1
 
     @classmethod
-    def create(cls, root=None, runs_root=None, allow_remote_code=False, allow_network=False) -> "Workspace":
+    def create(cls, root=None, runs_root=None, allow_remote_code=False, allow_network=False,
+               max_concurrent_runs: int | None = None) -> "Workspace":
         ws = Path(root or ".").expanduser().resolve()
         runs = Path(runs_root).expanduser() if runs_root else ws / "runs"
         runs = (runs if runs.is_absolute() else ws / runs).resolve()
-        return cls(ws, runs, allow_remote_code, allow_network=allow_network)
+        if max_concurrent_runs is None:  # one training per GPU; one on a CPU-only machine
+            from .config.hardware import local_hardware
+            max_concurrent_runs = max(1, local_hardware()["num_gpus"] or 1)
+        return cls(ws, runs, allow_remote_code, allow_network=allow_network, max_concurrent_runs=max_concurrent_runs)
 
     @property
     def roots(self) -> list[Path]:
