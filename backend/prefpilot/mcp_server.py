@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import io
 import json
 import logging
@@ -178,6 +179,7 @@ def tool_errors(fn):
             log.exception("tool %s crashed", fn.__name__)
             raise ToolError(f"internal error in {fn.__name__} ({type(exc).__name__}: {exc}); "
                             "the server log has details") from None
+    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")  # the tool description, without source indentation
     return wrapper
 
 
@@ -193,6 +195,7 @@ def tool_errors_async(fn):
             raise ToolError(f"{exc} [{exc.code}]") from None
         except (ValueError, TypeError, OSError) as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from None
+    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
 
 
