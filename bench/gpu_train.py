@@ -51,7 +51,7 @@ def child(kind, method, steps, batch, max_length, out):
     meter = Meter()
     common = {"max_steps": steps, "per_device_train_batch_size": batch, "learning_rate": 1e-6,
               "max_length": max_length, "save_strategy": "no", "logging_steps": 1, "report_to": "none",
-              "bf16": True, "gradient_checkpointing": False, "seed": 0}
+              "bf16": True, "activation_checkpointing": False, "seed": 0}
     model = "HuggingFaceTB/SmolLM2-135M-Instruct"
     torch.cuda.reset_peak_memory_stats()
     if kind == "prefpilot":

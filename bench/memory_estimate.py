@@ -18,13 +18,13 @@ from pathlib import Path
 
 SETTINGS = {
     "dpo b4 L128": {"method": "dpo", "per_device_train_batch_size": 4, "max_length": 128,
-                    "gradient_checkpointing": False},
+                    "activation_checkpointing": False},
     "dpo b8 L256": {"method": "dpo", "per_device_train_batch_size": 8, "max_length": 256,
-                    "gradient_checkpointing": False},
+                    "activation_checkpointing": False},
     "dpo b8 L256 ckpt": {"method": "dpo", "per_device_train_batch_size": 8, "max_length": 256,
-                         "gradient_checkpointing": True},
+                         "activation_checkpointing": True},
     "simpo b4 L128": {"method": "simpo", "per_device_train_batch_size": 4, "max_length": 128,
-                      "gradient_checkpointing": False},
+                      "activation_checkpointing": False},
 }
 BASE = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "learning_rate": 1e-6,
         "save_strategy": "no", "logging_steps": 1}

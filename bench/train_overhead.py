@@ -58,7 +58,7 @@ def child(kind: str, method: str, gc: bool, steps: int, model: str, out: str) ->
     timer = StepTimer()
     common = {"max_steps": steps, "per_device_train_batch_size": 4, "learning_rate": 1e-5, "max_length": 64,
               "save_strategy": "no", "logging_steps": 1, "report_to": "none", "bf16": False, "use_cpu": True,
-              "gradient_checkpointing": gc, "seed": 0}
+              "activation_checkpointing": gc, "seed": 0}
     if kind == "prefpilot":
         from prefpilot.train.trainer import train
         cfg = {"method": method, "model_name_or_path": model, "dataset_path": "builtin:arith-prefs", **common}

@@ -24,10 +24,10 @@ def test_nearest_published_row(method, model, row):
 
 def test_memory_savers_turn_on_in_order_when_needed():
     roomy = plan(method="dpo", model="meta-llama/Meta-Llama-3-8B-Instruct", gpu_memory_gb=80, num_gpus=8)
-    assert roomy["memory_savers"] == [] and roomy["config"]["gradient_checkpointing"] is False
+    assert roomy["memory_savers"] == [] and roomy["config"]["activation_checkpointing"] is False
     tight = plan(method="dpo", model="meta-llama/Meta-Llama-3-8B-Instruct", gpu_memory_gb=24)
     names = [s["saver"] for s in tight["memory_savers"]]
-    assert names[0] == "gradient_checkpointing" and "lora" in names
+    assert names[0] == "activation_checkpointing" and "lora" in names
     assert tight["config"]["use_peft"] and tight["config"]["learning_rate"] == pytest.approx(7e-6)
     assert tight["estimate"]["total_gb"] <= 24 * 0.85
     with pytest.raises(PrefpilotError, match="does not fit"):

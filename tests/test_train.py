@@ -209,7 +209,7 @@ def test_invalid_config_never_loads_a_model(tmp_path):
 def test_hardware_defaults_on_cpu(tiny, tmp_path):
     status, _ = run(tiny, tmp_path, max_steps=1)
     choices = " ".join(status["hardware_choices"])
-    assert "fp32" in choices and "gradient_checkpointing off" in choices
+    assert "fp32" in choices and "activation checkpointing off" in choices
     import yaml
     cfg = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
-    assert cfg["bf16"] is False and cfg["gradient_checkpointing"] is False
+    assert cfg["bf16"] is False and cfg["activation_checkpointing"] is False

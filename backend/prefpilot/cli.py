@@ -70,7 +70,7 @@ def format_findings(report: dict) -> str:
 
 def format_estimate(est: dict) -> str:
     if not est.get("known"):
-        return f"memory: not estimated ({est.get('reason')})"
+        return "memory: not estimated" + (f" ({est['reason']})" if est.get("reason") else " (the config is invalid)")
     overlap = not est.get("assumptions", {}).get("gradients_coexist_with_activations", True)
     parts = ", ".join(f"{k} {v:g}" for k, v in est["parts_gb"].items() if v and not (overlap and k == "gradients"))
     if overlap and est["parts_gb"].get("gradients"):
@@ -97,7 +97,7 @@ def cmd_validate(args) -> int:
     report = validate(config)
 
     def human(r):
-        head = f"{args.file}: {'valid' if r['valid'] else 'INVALID'} ({r['method']})"
+        head = f"{args.file}: {'valid' if r['valid'] else 'INVALID'} ({r['method'] or 'method not supported'})"
         body = [format_findings(r)] if r["errors"] or r["warnings"] else []
         body += [f"  note: {n}" for n in r.get("notes", [])]
         return "\n".join([head, *body, format_estimate(r.get("estimate") or {})])
@@ -157,7 +157,7 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .config.validate import validate
     config = load_config(args.config)
-    report = validate(config)
+    report = validate(config, local=not args.emit)  # training here: the memory estimate must fit this machine
     if not report["valid"]:  # never launch (or load a model) for an invalid config
         print(f"{args.config}: INVALID, nothing was started\n{format_findings(report)}", file=sys.stderr)
         return 1
@@ -338,6 +338,23 @@ def _diagnose(args) -> int:
 DIAGNOSE_EXIT = {"healthy": 0, "problems": 3, "inconclusive": 4}
 
 
+def cmd_export(args) -> int:
+    import yaml
+    from .config import load_config
+    from .config.export import export_trl
+    cfg, notes = export_trl(load_config(args.config))
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    return 0
+
+
 def cmd_explain(args) -> int:
     from .explain import explain_loss
     e = explain_loss(args.loss_type, args.method)
@@ -472,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-pairs", type=int, help="held-out pairs to evaluate (default all 48)")
     p.add_argument("--runs-root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
 
+    p = sub.add_parser("export", help="write the pure TRL config (no prefpilot keys) for `trl dpo --config`")
+    p.add_argument("config", help="a prefpilot run config (YAML or JSON)")
+    p.add_argument("--trl", action="store_true", default=True, help="TRL's format (the only one; the default)")
+    p.add_argument("-o", "--output", help="write here instead of standard output")
+
     p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
     p.add_argument("loss_type")
     p.add_argument("--method", choices=["dpo", "simpo"])
@@ -524,7 +546,7 @@ def main(argv=None) -> int:
     try:
         return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
                 "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose,
-                "explain": cmd_explain, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
+                "explain": cmd_explain, "export": cmd_export, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {_one_line(exc)}", file=sys.stderr)
         return 1

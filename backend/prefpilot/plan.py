@@ -95,7 +95,7 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     else:
         cfg.update(bf16=False, use_cpu=True)
         rationale.append("CPU only: fp32 (bf16 would be emulated)")
-    cfg["gradient_checkpointing"] = False
+    cfg["activation_checkpointing"] = False  # transformers 5's name for gradient_checkpointing
     savers = []
 
     def fits():
@@ -104,7 +104,7 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
         return est, (not est.get("known")) or cap is None or est["total_gb"] <= 0.85 * cap
 
     est, ok = fits()
-    steps = [("gradient_checkpointing", {"gradient_checkpointing": True},
+    steps = [("activation_checkpointing", {"activation_checkpointing": True},
               "recomputes activations in the backward (~30% slower) to cut activation memory")]
     if method == "dpo":
         steps.append(("precompute_ref_log_probs", {"precompute_ref_log_probs": True},

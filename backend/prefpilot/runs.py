@@ -146,7 +146,7 @@ def _absolutise_paths(config: dict) -> dict:
 def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_rows: int = 0) -> str:
     """Validate, create the run dir, start training detached; returns the run id at once."""
     from .config.validate import validate
-    report = validate(config)
+    report = validate(config, local=True)  # it trains here: memory must fit
     if not report["valid"]:
         msg = "; ".join(f"{e['path'] or '/'}: {e['message']}" for e in report["errors"])
         raise PrefpilotError(f"invalid config, nothing was started: {msg}", code="invalid_config", details=report)

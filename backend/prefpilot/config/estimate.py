@@ -120,6 +120,13 @@ def lora_trainable(params: float, arch: dict, r: int, targets) -> float:
     return float(L * r * (n_attn * 2 * h + n_mlp * (h + inter)))
 
 
+
+def checkpointing_on(config: dict) -> bool:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing; the new name wins when both are
+    set, and TRL 1.16's default (through the old name) is on."""
+    v = config.get("activation_checkpointing")
+    return bool(config.get("gradient_checkpointing", True) if v is None else v)
+
 def estimate_memory(config: dict, hardware: dict) -> dict:
     size = resolve_model_size(config)
     if size["params"] is None:
@@ -148,7 +155,7 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
     seq = int(config.get("max_length") or 1024)
     tokens = 2 * batch * seq
     cbytes = 2 if (half or wbytes == 2) else 4
-    ckpt = config.get("gradient_checkpointing", True)  # TRL's default is on
+    ckpt = checkpointing_on(config)
     h, L, V = arch["hidden_size"], arch["num_hidden_layers"], arch["vocab_size"]
     per_token_layer = (2 * cbytes) if ckpt else (34 * cbytes / 2)
     activations = tokens * L * h * per_token_layer + (tokens * h * 34 * cbytes / 2 if ckpt else 0)

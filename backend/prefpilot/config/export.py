@@ -1,0 +1,49 @@
+"""A prefpilot run config as a pure TRL config, for `trl dpo --config` (or a CPO script). Light: no torch.
+
+`trl dpo --config FILE` hands every key its dataclasses do not know to `accelerate launch`, which exits 2 on
+prefpilot's own keys (`method`, `hardware`, `dataset_path`, `diagnose`...). Export drops them and maps
+`dataset_path` onto TRL's dataset mixture (`datasets: [{path: json, data_files: ...}]`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import PrefpilotError
+from .normalize import PREFPILOT_KEYS, normalize
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def export_trl(config: dict) -> tuple[dict, list[str]]:
+    """(TRL config, notes on what was dropped or mapped)."""
+    cfg, notes = normalize(config)
+    method = cfg["method"]
+    out = {k: v for k, v in cfg.items() if k not in PREFPILOT_KEYS}
+    dropped = sorted(k for k in cfg if k in PREFPILOT_KEYS and k not in ("method", "dataset_path"))
+    if dropped:
+        notes.append(f"dropped prefpilot-only keys: {', '.join(dropped)}")
+    dp = cfg.get("dataset_path")
+    if isinstance(dp, str) and dp:
+        if dp.startswith("builtin:"):
+            from ..data import builtin_files
+            files = builtin_files(dp[8:])
+            data_files = {split: str(p) for split, p in files.items()}
+            out["datasets"] = [{"path": "json", "data_files": data_files["train"], "split": "train"}]
+            notes.append(f"dataset_path {dp} -> the packaged file {data_files['train']}")
+        else:
+            p = Path(dp).expanduser().resolve()
+            builder = BUILDERS.get(p.suffix.lower())
+            if builder is None:
+                raise PrefpilotError(f"dataset_path {dp}: TRL's dataset mixture reads .jsonl/.json/.csv/.parquet",
+                                     code="dataset_format")
+            out["datasets"] = [{"path": builder, "data_files": str(p), "split": "train"}]
+            notes.append(f"dataset_path {dp} -> datasets: [{{path: {builder}, data_files: {p}}}]")
+    if method == "simpo":
+        notes.append("SimPO runs through TRL's experimental CPOTrainer (loss_type simpo), which has no `trl` CLI "
+                     "command: parse this file with TrlParser((ScriptArguments, CPOConfig, ModelConfig, "
+                     "DatasetMixtureConfig)) in your own script")
+        if cfg.get("simpo_loss") == "hinge":
+            notes.append("simpo_loss hinge is prefpilot's (TRL's CPO hinge has no γ): TRL will train the sigmoid form")
+    else:
+        notes.append("run it with: trl dpo --config <this file>")
+    return out, notes
