@@ -10,13 +10,7 @@ from prefpilot.cli import main as cli
 from prefpilot.config.export import export_trl
 from prefpilot.config.validate import LABEL_SMOOTHING_LOSSES, validate
 from skill_docs import ROOT, blocks
-import trl_losses
-from trl_losses import make_batch
-
-
-def trl_dpo_loss(*args, **kwargs):
-    trl_losses._ACC = None  # building a TRL config resets accelerate's state: start a fresh Accelerator
-    return trl_losses.trl_dpo_loss(*args, **kwargs)
+from trl_losses import make_batch, trl_dpo_loss
 
 BASE = {"method": "dpo", "model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "dataset_path": "builtin:arith-prefs"}

@@ -17,8 +17,11 @@ _ACC = None
 
 
 def accelerator():
+    """One CPU Accelerator, made again when something (building a TRL/transformers config) reset accelerate's
+    shared state, which leaves an existing Accelerator without a device."""
     global _ACC
-    if _ACC is None:
+    from accelerate.state import AcceleratorState
+    if _ACC is None or not AcceleratorState._shared_state:
         _ACC = Accelerator(cpu=True)
     return _ACC
 
