@@ -209,6 +209,13 @@ def test_launch_wait_diagnose_cancel_resume_over_stdio(ws):
             pass
 
 
+def test_unknown_arguments_are_refused_with_the_allowed_names(ws):
+    with session(ws) as (portal, client):
+        r = call(portal, client, "cancel_run", {"run_id": "x", "grace_second": 5})
+        assert r.is_error and "grace_second" in text(r) and "grace_seconds" in text(r)
+        assert not call(portal, client, "explain_loss", {"loss_type": "ipo"}).is_error
+
+
 def test_a_missing_skill_resource_is_not_found_not_a_crash(ws):
     from mcp.shared.exceptions import MCPError
     with session(ws) as (portal, client):

@@ -51,3 +51,15 @@ def test_simpo_plan_has_no_reference_and_maps_gamma():
 def test_bad_method():
     with pytest.raises(PrefpilotError):
         plan(method="ppo", model="x")
+
+
+def test_plan_counts_the_pairs_it_is_given(tmp_path):
+    from prefpilot.plan import plan
+    p = plan(dataset_path="builtin:tone-prefs")  # 192 pairs: a batch of 128 would be 1 step per epoch
+    assert any("counted 192 pairs" in r for r in p["rationale"])
+    total = p["config"]["per_device_train_batch_size"] * p["config"]["gradient_accumulation_steps"]
+    assert 192 // total >= 20
+    tiny = tmp_path / "few.jsonl"
+    tiny.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 30)
+    p = plan(dataset_path=str(tiny))
+    assert any("counted 30 pairs" in r for r in p["rationale"]) and any("warning" in r for r in p["rationale"])

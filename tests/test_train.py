@@ -143,7 +143,7 @@ def test_bad_rows_are_reported_before_any_model_load(tmp_path):
         {"prompt": "p", "chosen": "same", "rejected": "same"}, {"prompt": "p", "chosen": ""},
         {"prompt": "p", "chosen": 3, "rejected": "x"}, {"prompt": "q", "chosen": "a", "rejected": "b"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = {"model_name_or_path": str(tmp_path / "no-such-model"), "dataset_path": str(data), "max_steps": 1}
+    cfg = {"model_name_or_path": "prefpilot-tests/no-such-model", "dataset_path": str(data), "max_steps": 1}
     with pytest.raises(PrefpilotError) as e:
         train(cfg, tmp_path / "run", progress=False)
     msg = str(e.value)

@@ -213,6 +213,27 @@ def _check_capacity(ws: Workspace) -> None:
                              "or cancel one first", code="too_many_runs")
 
 
+def _refuse_unknown_arguments(mcp: MCPServer) -> None:
+    """An argument a tool does not take is an error naming the ones it takes (the SDK drops it silently: a
+    misspelt `grace_second` would run with the default). Wraps each tool's argument validation; the SDK keeps
+    tools in a private manager, and tests/test_mcp.py fails if that ever changes."""
+    for tool in mcp._tool_manager.list_tools():
+        meta = tool.fn_metadata
+        allowed = set(meta.arg_model.model_fields)
+        validate = meta.validate_arguments
+
+        def checked(arguments, _validate=validate, _allowed=allowed, _name=tool.name):
+            unknown = sorted(set(arguments or {}) - _allowed)
+            if unknown:  # raised as the SDK's own argument error (a ValidationError), so it reaches the client
+                from pydantic_core import PydanticCustomError, ValidationError
+                why = PydanticCustomError("unknown_argument", "not an argument of this tool; its arguments are: "
+                                          "{allowed}", {"allowed": ", ".join(sorted(_allowed)) or "none"})
+                raise ValidationError.from_exception_data(
+                    _name, [{"type": why, "loc": (k,), "input": "(not shown)"} for k in unknown])
+            return _validate(arguments)
+        object.__setattr__(meta, "validate_arguments", checked)  # a pydantic model: bypass its setattr
+
+
 def _one_config(config: dict | None, yaml_text: str | None) -> dict:
     if (config is None) == (yaml_text is None):
         raise PrefpilotError("pass exactly one of `config` (an object) or `yaml` (YAML text)", code="bad_arguments")
@@ -443,6 +464,8 @@ def build_server(ws: Workspace) -> MCPServer:
         loss_type values (sigmoid, ipo, hinge, robust, apo_zero, ...); SimPO has sigmoid and hinge."""
         from .explain import explain_loss as _explain
         return _explain(loss_type, method)
+
+    _refuse_unknown_arguments(mcp)
 
     # -- resources: every bundled skill file, plus a template for any of them
     from .skills import list_skills as _list_skills, read_skill as _read_skill

@@ -6,6 +6,8 @@ hardware and the memory estimate. Every choice is explained in the rationale.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 import re
 
@@ -44,6 +46,50 @@ def nearest_row(rows: list[dict], family: str | None, params: float | None, vari
     return best, why
 
 
+
+MAX_COUNT_BYTES = 1 << 30
+
+
+def count_pairs(dataset_path: str | None) -> tuple[int | None, str]:
+    """(number of preference pairs, how it was found) for a builtin set or a local file; (None, why) otherwise."""
+    import json as _json
+    import stat as _stat
+    if not dataset_path:
+        return None, "dataset size unknown (no dataset_path): the batch stays at the papers' 128"
+    if dataset_path.startswith("builtin:"):
+        from .data import builtin_files, builtin_names
+        if dataset_path[8:] not in builtin_names():
+            return None, f"dataset size unknown ({dataset_path} is not a builtin set)"
+        f = builtin_files(dataset_path[8:])["train"]
+        n = sum(1 for line in open(f, encoding="utf-8") if line.strip())
+        return n, f"counted {n} pairs in {dataset_path}"
+    p = Path(dataset_path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return None, f"dataset size unknown ({dataset_path} is not a local file; a hub set is counted at train time)"
+    if not _stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNT_BYTES:
+        return None, f"dataset size not counted ({dataset_path} is not a regular file under 1 GiB)"
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            n = sum(1 for line in open(p, encoding="utf-8", errors="replace") if line.strip())
+        elif suffix == ".json":
+            data = _json.loads(p.read_text(encoding="utf-8"))
+            n = len(data) if isinstance(data, list) else None
+        elif suffix == ".csv":
+            n = max(0, sum(1 for line in open(p, encoding="utf-8", errors="replace") if line.strip()) - 1)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq  # only for parquet files
+            n = pq.ParquetFile(p).metadata.num_rows
+        else:
+            n = None
+    except (OSError, ValueError, RecursionError, ImportError):
+        n = None
+    if n is None:
+        return None, f"dataset size not counted ({dataset_path}): the batch stays at the papers' 128"
+    return n, f"counted {n} pairs in {dataset_path}"
+
 def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct", gpu_memory_gb: float | None = None,
          num_gpus: int | None = None, dataset_size: int | None = None, dataset_path: str = "builtin:arith-prefs",
          bf16_supported: bool | None = None, max_length: int = 1024, model_params: float | None = None) -> dict:
@@ -76,12 +122,18 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
         rationale.append(f"DPO sigmoid loss, β = {row['beta']} (the published baseline for this row)")
     # Batch: the papers' total of 128 pairs, shrunk for small datasets so a run still takes ~20+ optimizer steps.
     total = PAPER_TOTAL_BATCH
+    if dataset_size is None:
+        dataset_size, counted = count_pairs(dataset_path)
+        rationale.append(counted)
     if dataset_size:
         while total > 8 and dataset_size / total < 20:
             total //= 2
         rationale.append(f"total batch {total} pairs ({dataset_size} pairs → {dataset_size // total} optimizer steps "
                          f"per epoch; the paper's 128 would give too few)" if total < PAPER_TOTAL_BATCH else
                          f"total batch {total} pairs, as in the SimPO paper's runs")
+        if dataset_size // total < 10:
+            rationale.append(f"warning: only {dataset_size // total} optimizer step(s) per epoch even at a total batch "
+                             f"of {total}: use more pairs, or more epochs (num_train_epochs)")
     ndev = max(1, hw.get("num_gpus") or 1) if gpu else 1
     per_device = 2 if gpu else 4
     cfg["per_device_train_batch_size"] = per_device
