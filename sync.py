@@ -562,25 +562,8 @@ class Syncer:
                 raise UsageError(f"--uninstall {', '.join(unknown)}: not installed by sync.py here (installed: "
                                  f"{', '.join(sorted(state['skills'])) or 'none'})")
             for name in names or sorted(state["skills"]):
-                entry = state["skills"][name]
-                try:
-                    dest = self.dest_for(entry["path"])
-                    if not (dest.exists() or dest.is_symlink()):
-                        if not self.dry_run:
-                            state["skills"].pop(name)
-                            self.dirty = True
-                        self._note("removed", name, "was already deleted")
-                    elif dest.is_symlink() or folder_sha(dest) != entry["origin"]:
-                        self._note("user_modified", name, f"edited: kept at {dest} (untracked from now on)")
-                        if not self.dry_run:
-                            state["skills"].pop(name)
-                            self.dirty = True
-                    else:
-                        if not self.dry_run:
-                            self.remove(state, name, entry)
-                        self._note("removed", name)
-                except (OSError, ValueError) as exc:
-                    self._note("errors", name, str(exc))
+                self._retire(state, name, "user_modified", "edited: kept at {dest} (untracked from now on)",
+                             gone_note="was already deleted")
             if self.dirty:
                 self.save_state(state)
         out = {k: sorted(set(v)) for k, v in self.result.items()}
@@ -739,23 +722,29 @@ class Syncer:
 
     def _gone(self, state, name) -> None:
         """A skill we installed that the bundle no longer ships."""
+        self._retire(state, name, "kept_orphans", None)
+
+    def _retire(self, state, name, edited_key: str, edited_note: str | None, gone_note: str | None = None) -> None:
+        """Stop tracking a skill: our pristine copy is removed; an edited one stays, untracked (I1); a copy the
+        user already deleted is just forgotten. Forgetting touches no file, so it is saved once, at the end."""
         entry = state["skills"][name]
         try:
             dest = self.dest_for(entry["path"])
             if not (dest.exists() or dest.is_symlink()):
                 if not self.dry_run:
                     state["skills"].pop(name)
-                    self.dirty = True  # forgetting an entry touches no file: saved once, at the end
-                return
-            if not dest.is_symlink() and folder_sha(dest) == entry["origin"]:
+                    self.dirty = True
+                if gone_note:
+                    self._note("removed", name, gone_note)
+            elif not dest.is_symlink() and folder_sha(dest) == entry["origin"]:
                 if not self.dry_run:
                     self.remove(state, name, entry)
                 self._note("removed", name)
             else:
                 if not self.dry_run:
-                    state["skills"].pop(name)  # untracked from now on; the folder stays (I1)
+                    state["skills"].pop(name)
                     self.dirty = True
-                self._note("kept_orphans", name)
+                self._note(edited_key, name, edited_note.format(dest=dest) if edited_note else None)
         except (OSError, ValueError) as exc:
             self._note("errors", name, str(exc))
 

@@ -163,23 +163,27 @@ class LossExplanation(TypedDict):
 
 
 # ----------------------------------------------------------------------------- helpers
-def tool_errors(fn):
+def _tool_error(fn_name: str, exc: Exception) -> ToolError:
     """PrefpilotError (and bad-input errors) become tool errors an agent can act on; crashes get a short message."""
+    if isinstance(exc, PrefpilotError):
+        return ToolError(f"{exc} [{exc.code}]")
+    if isinstance(exc, (ValueError, TypeError, OSError)):
+        return ToolError(f"{type(exc).__name__}: {exc}")
+    log.exception("tool %s crashed", fn_name)  # with its traceback on the server's stderr, never sent
+    return ToolError(f"internal error in {fn_name} ({type(exc).__name__}: {exc}); the server log has details")
+
+
+def tool_errors(fn):
+    """Every tool's errors as tool errors (see _tool_error); the description without source indentation."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ToolError:
             raise
-        except PrefpilotError as exc:
-            raise ToolError(f"{exc} [{exc.code}]") from None
-        except (ValueError, TypeError, OSError) as exc:
-            raise ToolError(f"{type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # logged with its traceback on the server's stderr, never sent
-            log.exception("tool %s crashed", fn.__name__)
-            raise ToolError(f"internal error in {fn.__name__} ({type(exc).__name__}: {exc}); "
-                            "the server log has details") from None
-    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")  # the tool description, without source indentation
+        except Exception as exc:
+            raise _tool_error(fn.__name__, exc) from None
+    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
 
 
@@ -191,10 +195,8 @@ def tool_errors_async(fn):
             return await fn(*args, **kwargs)
         except ToolError:
             raise
-        except PrefpilotError as exc:
-            raise ToolError(f"{exc} [{exc.code}]") from None
-        except (ValueError, TypeError, OSError) as exc:
-            raise ToolError(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            raise _tool_error(fn.__name__, exc) from None
     wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
 
