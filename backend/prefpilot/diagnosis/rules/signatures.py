@@ -146,16 +146,14 @@ def empty_completions(ctx: Ctx):
     if not rows:
         return None
     ml = ctx.cfg.get("max_length") if isinstance(ctx.cfg.get("max_length"), int) else 1024
-    remedies = [remedy(ctx, {"max_length": ml * 2}, "room for the completion after the prompt")]
-    if ctx.method == "dpo":
-        remedies.append(remedy(ctx, {"truncation_mode": "keep_end"},
-                               "cut long prompts from the start instead of cutting the completion"))
-    remedies.append(remedy(ctx, {}, "check the data: are the chosen/rejected columns filled, and does the chat "
-                                    "template leave completion tokens unmasked?"))
+    remedies = [remedy(ctx, {}, "check the data: are the chosen/rejected columns filled, and does the chat "
+                                "template leave completion tokens unmasked?"),
+                remedy(ctx, {"max_length": ml * 2}, "room for the completion after the prompt")]
     return finding(ctx, "empty_completions", [rows[0]["step"], rows[-1]["step"]], {"rows": len(rows)},
                    f"logps/chosen and logps/rejected are both exactly 0 at {len(rows)} logged row(s): no completion "
-                   "token is scored, so there is nothing to learn from. The prompt fills max_length (the "
-                   "completion is truncated away), or the completions are empty or masked.", remedies)
+                   "token is scored, so there is nothing to learn from. The completions are empty or masked (a "
+                   "template or column problem), or truncated away: TRL 1.16's DPOTrainer drops rows whose prompt "
+                   "alone fills max_length, so with it the data is the likelier cause.", remedies)
 
 
 def reference_tracks_policy(ctx: Ctx):
