@@ -1,6 +1,8 @@
 """Real DPO and SimPO runs through TRL on a tiny local model (CPU)."""
 import json
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,3 +215,12 @@ def test_hardware_defaults_on_cpu(tiny, tmp_path):
     import yaml
     cfg = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
     assert cfg["bf16"] is False and cfg["activation_checkpointing"] is False
+
+
+def test_a_spent_lease_stops_the_run_with_a_checkpoint(tiny, tmp_path):
+    # an unattended run gets max_wall_time seconds of training, then checkpoints and ends cancelled
+    t0 = time.time()
+    status, rows = run(tiny, tmp_path, max_steps=100000, max_wall_time=2)
+    assert time.time() - t0 < 120 and status["state"] == "cancelled" and "max_wall_time" in status["error"]
+    assert status["checkpoint"] and (Path(status["checkpoint"]) / "trainer_state.json").is_file()
+    assert 0 < status["step"] < 100000 and rows[-1]["step"] <= status["step"]

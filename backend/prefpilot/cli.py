@@ -413,7 +413,7 @@ def cmd_mcp(args) -> int:
                      runs_root=args.runs_root, allow_remote_code=args.allow_remote_code,
                      allow_network=args.allow_network, token_file=args.token_file, no_auth=args.no_auth,
                      allowed_hosts=args.allowed_host or (), allowed_origins=args.allowed_origin or (),
-                     max_concurrent_runs=args.max_concurrent_runs)
+                     max_concurrent_runs=args.max_concurrent_runs, max_wall_time=args.max_wall_time)
     except PrefpilotError as exc:  # an unsafe or unusable HTTP set-up: refused before listening
         print(f"prefpilot mcp: {exc}", file=sys.stderr)
         return 2
@@ -566,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="HTTP: file holding the bearer token clients must send (default: "
                    "$PREFPILOT_MCP_TOKEN, else one generated into <workspace>/.prefpilot/mcp-token)")
     p.add_argument("--no-auth", action="store_true", help="HTTP on 127.0.0.1 only: no token (logged as unsafe)")
+    p.add_argument("--max-wall-time", type=_ranged(float, 1, name="seconds"), metavar="SECONDS",
+                   help="lease for runs launched here without max_wall_time: checkpoint and stop after it")
     p.add_argument("--max-concurrent-runs", type=POSITIVE_INT, metavar="N",
                    help="trainings at once (default: one per GPU, one on a CPU-only machine)")
     p.add_argument("--allowed-host", action="append", metavar="HOST:PORT",

@@ -329,6 +329,8 @@ def build_server(ws: Workspace) -> MCPServer:
             return {"run_id": None, "run_dir": None, "state": "not started", "dry_run": True, "report": report,
                     "next": "call launch_run again without dry_run to start it"}
         _check_capacity(ws)
+        if ws.max_wall_time and "max_wall_time" not in cfg:
+            cfg["max_wall_time"] = ws.max_wall_time  # the server's lease for unattended runs
         run_id = runs.launch(cfg, ws.runs_root)
         st = runs.status(run_id, ws.runs_root)
         return {"run_id": run_id, "run_dir": st["run_dir"], "state": st["state"], "dry_run": False,
@@ -515,11 +517,13 @@ Model: {model}
 
 def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, workspace=None, runs_root=None,
           allow_remote_code: bool = False, allow_network: bool = False, token_file: str | None = None,
-          no_auth: bool = False, allowed_hosts=(), allowed_origins=(), max_concurrent_runs: int | None = None) -> int:
+          no_auth: bool = False, allowed_hosts=(), allowed_origins=(), max_concurrent_runs: int | None = None,
+          max_wall_time: float | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,  # stdout is the protocol channel on stdio
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = Workspace.create(workspace, runs_root, allow_remote_code, allow_network=allow_network,
                           max_concurrent_runs=max_concurrent_runs)
+    ws.max_wall_time = max_wall_time
     server = build_server(ws)
     if transport == "stdio":
         server.run("stdio")

@@ -21,6 +21,7 @@ class Workspace:
     extra_roots: list[Path] = field(default_factory=list)
     allow_network: bool = False
     max_concurrent_runs: int = 1
+    max_wall_time: float | None = None  # default lease (seconds) for runs launched over MCP
 
     @classmethod
     def create(cls, root=None, runs_root=None, allow_remote_code=False, allow_network=False,

@@ -38,6 +38,9 @@ PREFPILOT_FIELDS = {
             "bf16_supported": {"type": "boolean"},
         },
     },
+    "max_wall_time": {"type": "number", "exclusiveMinimum": 0,
+                      "description": "prefpilot: a lease in seconds of training: once spent, the run saves a checkpoint "
+                                     "and ends cancelled (resume continues it); for unattended runs"},
     "diagnose": {
         "type": "object", "additionalProperties": False,
         "description": "prefpilot: live diagnosis during training (the rules of `prefpilot diagnose` on the history "

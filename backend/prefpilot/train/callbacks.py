@@ -51,6 +51,9 @@ class RunRecorder(TrainerCallback):
         self.rows: list[dict] = []
         self.last_diagnosis = 0.0
         self.stopped_by: dict | None = None
+        lease = self.config.get("max_wall_time")
+        self.lease_s = float(lease) if isinstance(lease, (int, float)) and lease > 0 else None
+        self.lease_spent = False
 
     def on_train_begin(self, args, state, control, **kw):
         if state.is_world_process_zero:
@@ -109,6 +112,10 @@ class RunRecorder(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         if STOP["requested"]:  # a cancel: save a checkpoint at this step, then leave the loop
+            control.should_save = True
+            control.should_training_stop = True
+        if self.lease_s is not None and not self.lease_spent and time.time() - self.t0 >= self.lease_s:
+            self.lease_spent = True  # the run's lease (max_wall_time) is spent: checkpoint and stop, like a cancel
             control.should_save = True
             control.should_training_stop = True
         if not state.is_world_process_zero or self.stopped_by is not None:

@@ -250,6 +250,16 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
             rundir.update_status(run_dir, state="failed", error=msg, failed_step=f["step"], finished_at=rundir.now(),
                                  checkpoint=str(ck) if ck else None)
         raise PrefpilotError(msg, code="stopped_by_diagnosis")
+    if recorder.lease_spent and not STOP["requested"]:
+        ck = last_checkpoint(run_dir)
+        if main:
+            log.info("max_wall_time of %g s spent at step %d; checkpoint %s kept", recorder.lease_s,
+                     trainer.state.global_step, ck)
+            return rundir.update_status(run_dir, state="cancelled", finished_at=rundir.now(),
+                                        step=trainer.state.global_step, checkpoint=str(ck) if ck else None,
+                                        error=f"max_wall_time of {recorder.lease_s:g} s spent: stopped with a "
+                                              "checkpoint; `prefpilot runs resume` continues it")
+        return {}
     if STOP["requested"]:
         ck = last_checkpoint(run_dir)
         if main:
