@@ -47,13 +47,17 @@ def child(kind: str, method: str, gc: bool, steps: int, model: str, out: str) ->
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.t, self.times = None, []
+            self.t, self.times, self.tokens = None, [], None
 
         def on_step_begin(self, args, state, control, **kw):
             self.t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "num_tokens" in logs:
+                self.tokens = logs["num_tokens"]  # TRL's running count: both runs must train on the same tokens
 
     timer = StepTimer()
     common = {"max_steps": steps, "per_device_train_batch_size": 4, "learning_rate": 1e-5, "max_length": 64,
@@ -71,7 +75,7 @@ def child(kind: str, method: str, gc: bool, steps: int, model: str, out: str) ->
         with tempfile.TemporaryDirectory() as d:
             plain_trainer(method, model, common, d, [timer]).train()
     times = timer.times[3:]  # drop warm-up steps
-    Path(out).write_text(json.dumps({"median_step_s": statistics.median(times),
+    Path(out).write_text(json.dumps({"median_step_s": statistics.median(times), "tokens": timer.tokens,
                                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
 
 
@@ -99,10 +103,14 @@ def main(argv=None):
         res["plain_dpo"].append(measure("plain", "dpo", False, a.steps, model))
         res["prefpilot_simpo"].append(measure("prefpilot", "simpo", False, a.steps, model))
         res["dpo_gc_on"].append(measure("prefpilot", "dpo", True, a.steps, model))
+    for ours, plain in zip(res["prefpilot_dpo"], res["plain_dpo"]):  # the same work, or the ratio means nothing
+        assert ours["tokens"] == plain["tokens"], f"token counts differ: prefpilot {ours['tokens']}, TRL {plain['tokens']}"
     med = {k: statistics.median(x["median_step_s"] for x in v) for k, v in res.items()}
     rss = {k: max(x["peak_rss_gb"] for x in v) for k, v in res.items()}
     summary = {
-        "median_step_s": med, "peak_rss_gb": rss,
+        "median_step_s": med, "peak_rss_gb": rss, "tokens_per_run": res["plain_dpo"][0]["tokens"],
+        "prefpilot_over_plain_each_repeat": [round(a["median_step_s"] / b["median_step_s"], 3)
+                                             for a, b in zip(res["prefpilot_dpo"], res["plain_dpo"])],
         "prefpilot_over_plain_trl": med["prefpilot_dpo"] / med["plain_dpo"],
         "simpo_over_dpo_step_time": med["prefpilot_simpo"] / med["prefpilot_dpo"],
         "simpo_over_dpo_peak_rss": rss["prefpilot_simpo"] / rss["prefpilot_dpo"],
