@@ -6,10 +6,11 @@ hardware and the memory estimate. Every choice is explained in the rationale.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+import json
 import math
 import re
+import stat
+from pathlib import Path
 
 from .config.estimate import estimate_memory, resolve_model_size
 from .config.hardware import resolve_hardware
@@ -46,36 +47,32 @@ def nearest_row(rows: list[dict], family: str | None, params: float | None, vari
     return best, why
 
 
-
 MAX_COUNT_BYTES = 1 << 30
 
 
 def count_pairs(dataset_path: str | None) -> tuple[int | None, str]:
     """(number of preference pairs, how it was found) for a builtin set or a local file; (None, why) otherwise."""
-    import json as _json
-    import stat as _stat
     if not dataset_path:
         return None, "dataset size unknown (no dataset_path): the batch stays at the papers' 128"
     if dataset_path.startswith("builtin:"):
         from .data import builtin_files, builtin_names
         if dataset_path[8:] not in builtin_names():
             return None, f"dataset size unknown ({dataset_path} is not a builtin set)"
-        f = builtin_files(dataset_path[8:])["train"]
-        n = sum(1 for line in open(f, encoding="utf-8") if line.strip())
-        return n, f"counted {n} pairs in {dataset_path}"
-    p = Path(dataset_path).expanduser()
+        p = builtin_files(dataset_path[8:])["train"]  # a packaged JSONL file, counted like any other
+    else:
+        p = Path(dataset_path).expanduser()
     try:
         st = p.stat()
     except OSError:
         return None, f"dataset size unknown ({dataset_path} is not a local file; a hub set is counted at train time)"
-    if not _stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNT_BYTES:
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNT_BYTES:
         return None, f"dataset size not counted ({dataset_path} is not a regular file under 1 GiB)"
     suffix = p.suffix.lower()
     try:
         if suffix == ".jsonl":
             n = sum(1 for line in open(p, encoding="utf-8", errors="replace") if line.strip())
         elif suffix == ".json":
-            data = _json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8"))
             n = len(data) if isinstance(data, list) else None
         elif suffix == ".csv":
             n = max(0, sum(1 for line in open(p, encoding="utf-8", errors="replace") if line.strip()) - 1)
@@ -89,6 +86,7 @@ def count_pairs(dataset_path: str | None) -> tuple[int | None, str]:
     if n is None:
         return None, f"dataset size not counted ({dataset_path}): the batch stays at the papers' 128"
     return n, f"counted {n} pairs in {dataset_path}"
+
 
 def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct", gpu_memory_gb: float | None = None,
          num_gpus: int | None = None, dataset_size: int | None = None, dataset_path: str = "builtin:arith-prefs",

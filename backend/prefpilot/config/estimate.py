@@ -120,12 +120,12 @@ def lora_trainable(params: float, arch: dict, r: int, targets) -> float:
     return float(L * r * (n_attn * 2 * h + n_mlp * (h + inter)))
 
 
-
 def checkpointing_on(config: dict) -> bool:
     """transformers 5 renamed gradient_checkpointing to activation_checkpointing; the new name wins when both are
     set, and TRL 1.16's default (through the old name) is on."""
     v = config.get("activation_checkpointing")
     return bool(config.get("gradient_checkpointing", True) if v is None else v)
+
 
 def estimate_memory(config: dict, hardware: dict) -> dict:
     size = resolve_model_size(config)

@@ -48,21 +48,32 @@ def no_learning(ctx: Ctx):
                    "synced to the policy every step.", remedies)
 
 
-def chance_accuracy(ctx: Ctx):
+def _past_warmup(ctx: Ctx, rule: str, key: str):
+    """(thresholds, steps, values past warm-up) for a rule that reads ``key``, or None when a flat curve or a
+    broken run already explains it, or there are too few points."""
     if "no_learning" in ctx.found or _broken(ctx):
         return None
-    t = ctx.th("chance_accuracy")
-    steps, acc = ctx.post("rewards/accuracies")
-    if len(acc) < t["min_points"]:
+    t = ctx.th(rule)
+    steps, values = ctx.post(key)
+    return (t, steps, values) if len(values) >= t["min_points"] else None
+
+
+def _robust_remedy(ctx: Ctx, smoothing: float, why: str) -> list:
+    """Robust DPO (Chowdhury et al. 2024) as a remedy for flipped labels; DPOTrainer only."""
+    return [remedy(ctx, {"loss_type": ["robust"], "label_smoothing": smoothing}, why)] if ctx.method == "dpo" else []
+
+
+def chance_accuracy(ctx: Ctx):
+    got = _past_warmup(ctx, "chance_accuracy", "rewards/accuracies")
+    if got is None:
         return None
+    t, steps, acc = got
     tail = acc[-max(1, len(acc) // 3):]
     m, mt = mean(acc), mean(tail)
     if not (t["low"] <= m <= t["high"] and t["low"] <= mt <= t["high"]):
         return None
     remedies = [scale_lr(ctx, 3, "too small a step leaves pairs unseparated")]
-    if ctx.method == "dpo":
-        remedies.append(remedy(ctx, {"loss_type": ["robust"], "label_smoothing": 0.1},
-                               "robust DPO tolerates a share of flipped labels (Chowdhury et al. 2024)"))
+    remedies += _robust_remedy(ctx, 0.1, "robust DPO tolerates a share of flipped labels (Chowdhury et al. 2024)")
     return finding(ctx, "chance_accuracy", [steps[0], steps[-1]], {"mean_accuracy": m, "last_third_accuracy": mt},
                    f"Preference accuracy averages {m:.2f} past warm-up ({mt:.2f} over the last third): the model "
                    "cannot tell chosen from rejected. Noisy labels, too little signal per pair, or too small a "
@@ -70,12 +81,10 @@ def chance_accuracy(ctx: Ctx):
 
 
 def negative_margin(ctx: Ctx):
-    if "no_learning" in ctx.found or _broken(ctx):
+    got = _past_warmup(ctx, "negative_margin", "rewards/margins")
+    if got is None:
         return None
-    t = ctx.th("negative_margin")
-    steps, marg = ctx.post("rewards/margins")
-    if len(marg) < t["min_points"]:
-        return None
+    t, steps, marg = got
     neg = sum(1 for v in marg if v < 0) / len(marg)
     m = mean(marg)
     _, acc = ctx.post("rewards/accuracies")
@@ -85,9 +94,7 @@ def negative_margin(ctx: Ctx):
         return None
     remedies = [remedy(ctx, {}, "check the data: are chosen and rejected swapped (a column mapping, a "
                                 "preference label read backwards)?")]
-    if ctx.method == "dpo":
-        remedies.append(remedy(ctx, {"loss_type": ["robust"], "label_smoothing": 0.2},
-                               "if only part of the labels is flipped, robust DPO discounts them"))
+    remedies += _robust_remedy(ctx, 0.2, "if only part of the labels is flipped, robust DPO discounts them")
     ev = {"share_negative": neg, "mean_margin": m}
     if acc_m is not None:
         ev["mean_accuracy"] = acc_m
