@@ -64,7 +64,7 @@ def test_parallel_resumes_start_one_trainer(tmp_path, monkeypatch):
     run_id, d = make_run(tmp_path, state="failed")
     started = []
 
-    def spawn(run_dir, args):
+    def spawn(run_dir, args, secrets=None):
         p, st = fake_trainer(run_dir)
         started.append(p)
         return {"pid": p.pid, "pid_started": st}
@@ -87,7 +87,7 @@ def test_parallel_resumes_start_one_trainer(tmp_path, monkeypatch):
 
 
 def test_a_spawn_that_fails_ends_failed_not_queued(tmp_path, monkeypatch):
-    def broken(run_dir, args):
+    def broken(run_dir, args, secrets=None):
         raise FileNotFoundError(2, "No such file or directory")
     monkeypatch.setattr(runs, "_spawn", broken)
     with pytest.raises(PrefpilotError, match="could not start"):

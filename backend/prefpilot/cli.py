@@ -300,13 +300,13 @@ def format_diagnosis(r: dict) -> str:
     return "\n".join(lines)
 
 
-def diagnose_target(target: str, root=None):
+def diagnose_target(target: str, root=None, max_bytes: int | None = None):
     """(source, is_path): a path, '-' (stdin text), or a run id under the runs root."""
     import os
     from . import runs
     if target == "-":
         from .diagnosis.parse import max_log_bytes
-        limit = max_log_bytes()
+        limit = max_log_bytes(max_bytes)
         text = sys.stdin.read(limit + 1)
         if len(text) > limit:
             raise PrefpilotError(f"standard input is over the {limit >> 20} MiB limit for a log; raise it with "
@@ -325,33 +325,19 @@ def diagnose_target(target: str, root=None):
 
 
 def cmd_diagnose(args) -> int:
-    if args.max_bytes is None:
-        return _diagnose(args)
-    before = os.environ.get("PREFPILOT_MAX_LOG_BYTES")
-    os.environ["PREFPILOT_MAX_LOG_BYTES"] = str(args.max_bytes)  # the reader's limit, for this call only
-    try:
-        return _diagnose(args)
-    finally:
-        if before is None:
-            os.environ.pop("PREFPILOT_MAX_LOG_BYTES", None)
-        else:
-            os.environ["PREFPILOT_MAX_LOG_BYTES"] = before
-
-
-def _diagnose(args) -> int:
     from .diagnosis import diagnose_source
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         print(f"prefpilot diagnose: --plot {args.plot}: the folder {os.path.dirname(os.path.abspath(args.plot))} "
               "does not exist; create it or pick another path", file=sys.stderr)
         return 2
     try:
-        source, is_path = diagnose_target(args.target, args.root)
+        source, is_path = diagnose_target(args.target, args.root, args.max_bytes)
         config = None
         if args.config:
             from .config import load_config
             config = load_config(args.config)
         report = diagnose_source(source, is_path=is_path, method=args.method, config=config, beta=args.beta,
-                                 gamma=args.gamma, plot=args.plot)
+                                 gamma=args.gamma, plot=args.plot, max_bytes=args.max_bytes)
     except PrefpilotError as exc:  # input that is not a log: one line, exit 2 (documented)
         print(f"prefpilot diagnose: {exc}", file=sys.stderr)
         return 2

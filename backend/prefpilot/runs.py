@@ -175,7 +175,7 @@ def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_row
 def _start(d: Path, args: list[str], secrets: dict | None = None) -> None:
     """Spawn the trainer; a spawn that fails ends the run 'failed' with the reason, never 'queued' forever."""
     try:
-        rundir.update_status(d, **(_spawn(d, args, secrets) if secrets else _spawn(d, args)))
+        rundir.update_status(d, **_spawn(d, args, secrets))
     except OSError as exc:
         rundir.update_status(d, state="failed", finished_at=rundir.now(),
                              error=f"could not start the training process: {exc.strerror or exc}")
@@ -244,14 +244,12 @@ def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0, 
                                                     "trainer: nothing was signalled"}
         rundir.update_status(d, cancel_requested_at=rundir.now())
     pid, started = st.get("pid"), st.get("pid_started")
+    _signal_group(pid, signal.SIGTERM)
     if not wait:
-        _signal_group(pid, signal.SIGTERM)
         threading.Thread(target=_finish_cancel, args=(d, pid, started, grace), daemon=True).start()
         return {**status(run_id, root), "state": "cancelling",
                 "note": f"SIGTERM sent: the trainer saves a checkpoint after the current step and stops (killed "
                         f"after {grace:g} s if not); follow it with run_status or wait_run"}
-
-    _signal_group(pid, signal.SIGTERM)
     _finish_cancel(d, pid, started, grace)
     return status(run_id, root)
 

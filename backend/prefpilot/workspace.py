@@ -25,14 +25,15 @@ class Workspace:
 
     @classmethod
     def create(cls, root=None, runs_root=None, allow_remote_code=False, allow_network=False,
-               max_concurrent_runs: int | None = None) -> "Workspace":
+               max_concurrent_runs: int | None = None, max_wall_time: float | None = None) -> "Workspace":
         ws = Path(root or ".").expanduser().resolve()
         runs = Path(runs_root).expanduser() if runs_root else ws / "runs"
         runs = (runs if runs.is_absolute() else ws / runs).resolve()
         if max_concurrent_runs is None:  # one training per GPU; one on a CPU-only machine
             from .config.hardware import local_hardware
             max_concurrent_runs = max(1, local_hardware()["num_gpus"] or 1)
-        return cls(ws, runs, allow_remote_code, allow_network=allow_network, max_concurrent_runs=max_concurrent_runs)
+        return cls(ws, runs, allow_remote_code, allow_network=allow_network, max_concurrent_runs=max_concurrent_runs,
+                   max_wall_time=max_wall_time)
 
     @property
     def roots(self) -> list[Path]:

@@ -196,15 +196,17 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
 
 
 def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=None, gamma=None, plot=None,
-                    roots=None) -> dict:
+                    roots=None, max_bytes: int | None = None) -> dict:
     """What the CLI and the MCP tool call: read a path (run dir or file) or text, diagnose, optionally plot.
 
     ``plot``: a PNG path or a binary file object; the report gets ``plot`` set to the path when one was written.
     ``roots``: the folders a run config may be read from (the MCP workspace); None = beside the metrics.
+    ``max_bytes``: the largest log file to read (default 128 MiB or $PREFPILOT_MAX_LOG_BYTES).
     """
     if config is None and is_path:
         config = run_config_near(source, roots)
-    hist = load_history(Path(source) if is_path else source, beta=beta or (config or {}).get("beta"))
+    hist = load_history(Path(source) if is_path else source, beta=beta or (config or {}).get("beta"),
+                        max_bytes=max_bytes)
     report = diagnose(hist, method=method, config=config, beta=beta, gamma=gamma)
     if plot is not None:
         from .plot import plot as draw

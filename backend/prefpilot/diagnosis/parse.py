@@ -379,14 +379,17 @@ TFEVENTS = "events.out.tfevents"
 DEFAULT_MAX_LOG_BYTES = 128 << 20  # parsing takes ~6× a log's size in memory: bound it, say how to raise it
 
 
-def max_log_bytes() -> int:
+def max_log_bytes(given: int | None = None) -> int:
+    """The size limit for one log: ``given`` (the CLI's --max-bytes), else $PREFPILOT_MAX_LOG_BYTES, else 128 MiB."""
+    if given is not None:
+        return int(given)
     try:
         return int(os.environ.get("PREFPILOT_MAX_LOG_BYTES") or DEFAULT_MAX_LOG_BYTES)
     except ValueError:
         return DEFAULT_MAX_LOG_BYTES
 
 
-def _read_path(path: Path, info: dict) -> list[dict]:
+def _read_path(path: Path, info: dict, max_bytes: int | None = None) -> list[dict]:
     if path.is_dir():
         candidates = [path / "metrics.jsonl", path / "trainer_state.json", path / "trainer_log.jsonl"]
         cks = sorted(path.glob("checkpoints/checkpoint-*/trainer_state.json"),
@@ -408,7 +411,7 @@ def _read_path(path: Path, info: dict) -> list[dict]:
     if not stat.S_ISREG(st.st_mode):  # /dev/zero or a FIFO would never end
         raise PrefpilotError(f"{path}: not a regular file; pass a log file, a run dir or '-' for stdin",
                              code="unreadable_history")
-    limit = max_log_bytes()
+    limit = max_log_bytes(max_bytes)
     if st.st_size > limit:
         raise PrefpilotError(f"{path}: {st.st_size >> 20} MiB is over the {limit >> 20} MiB limit for a log (a "
                              "100k-step metrics.jsonl is about 40 MiB); raise it with --max-bytes or "
@@ -452,23 +455,25 @@ def _tensorboard_rows(files: list[Path], info: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- normalising rows
-def load_history(source, *, beta: float | None = None) -> History:
-    """Parse ``source`` (path, text, list of dicts or trainer_state dict) into a :class:`History`."""
+def load_history(source, *, beta: float | None = None, max_bytes: int | None = None) -> History:
+    """Parse ``source`` (path, text, list of dicts or trainer_state dict) into a :class:`History`.
+
+    ``max_bytes`` bounds a file read from a path (default: see max_log_bytes)."""
     # Parsing makes ~1e5 small dicts and no cycles: pausing the cyclic GC roughly halves the time.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_history(source, beta)
+        return _load_history(source, beta, max_bytes)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load_history(source, beta):
+def _load_history(source, beta, max_bytes=None):
     info: dict = {"format": None, "ignored_lines": 0, "notes": []}
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and len(source) < 4096
                                     and Path(source).exists()):
-        raw = _read_path(Path(source), info)
+        raw = _read_path(Path(source), info, max_bytes)
     elif isinstance(source, str):
         raw = rows_from_text(source, info)
     elif isinstance(source, (list, dict)):
