@@ -305,11 +305,11 @@ def diagnose_target(target: str, root=None, max_bytes: int | None = None):
     import os
     from . import runs
     if target == "-":
-        from .diagnosis.parse import max_log_bytes
+        from .diagnosis.parse import max_log_bytes, size_text
         limit = max_log_bytes(max_bytes)
         text = sys.stdin.read(limit + 1)
         if len(text) > limit:
-            raise PrefpilotError(f"standard input is over the {limit >> 20} MiB limit for a log; raise it with "
+            raise PrefpilotError(f"standard input is over the {size_text(limit)} limit for a log; raise it with "
                                  "--max-bytes", code="too_large")
         if not text.strip():
             raise PrefpilotError("nothing on standard input: pipe or paste a log into `prefpilot diagnose -`",

@@ -379,6 +379,14 @@ TFEVENTS = "events.out.tfevents"
 DEFAULT_MAX_LOG_BYTES = 128 << 20  # parsing takes ~6× a log's size in memory: bound it, say how to raise it
 
 
+def size_text(n: int) -> str:
+    """Bytes for a message: "40 MiB", "12 KiB" or "900 bytes" (a small --max-bytes must not read as "0 MiB")."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} bytes"
+
+
 def max_log_bytes(given: int | None = None) -> int:
     """The size limit for one log: ``given`` (the CLI's --max-bytes), else $PREFPILOT_MAX_LOG_BYTES, else 128 MiB."""
     if given is not None:
@@ -413,7 +421,7 @@ def _read_path(path: Path, info: dict, max_bytes: int | None = None) -> list[dic
                              code="unreadable_history")
     limit = max_log_bytes(max_bytes)
     if st.st_size > limit:
-        raise PrefpilotError(f"{path}: {st.st_size >> 20} MiB is over the {limit >> 20} MiB limit for a log (a "
+        raise PrefpilotError(f"{path}: {size_text(st.st_size)} is over the {size_text(limit)} limit for a log (a "
                              "100k-step metrics.jsonl is about 40 MiB); raise it with --max-bytes or "
                              "PREFPILOT_MAX_LOG_BYTES if this file is really one run's log", code="too_large")
     if path.name.startswith(TFEVENTS):
