@@ -70,6 +70,8 @@ CASES = [
      {"loss_type": "sigmoid", "use_weighting": True}, "errors"),
     ("lora on lm_head", {"use_peft": True, "lora_target_modules": ["q_proj", "lm_head"]},
      ("/lora_target_modules", "incompatible"), {"use_peft": True, "lora_target_modules": ["q_proj"]}, "errors"),
+    ("precompute with streaming", {"precompute_ref_log_probs": True, "streaming": True},
+     ("/precompute_ref_log_probs", "incompatible"), {"precompute_ref_log_probs": True}, "errors"),
     ("4bit without peft", {"load_in_4bit": True, "hardware": GPU_A100}, ("/load_in_4bit", "incompatible"),
      {"load_in_4bit": True, "use_peft": True, "hardware": GPU_A100}, "errors"),
     ("missing dataset", {"dataset_path": None}, ("/dataset_path", "required"), {}, "errors"),

@@ -10,7 +10,7 @@ from prefpilot.cli import main as cli
 from prefpilot.config.export import export_trl
 from prefpilot.config.validate import LABEL_SMOOTHING_LOSSES, validate
 from skill_docs import ROOT, blocks
-from trl_losses import make_batch, trl_dpo_loss
+from trl_losses import make_batch, trl_cpo_losses, trl_dpo_loss
 
 BASE = {"method": "dpo", "model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "dataset_path": "builtin:arith-prefs"}
@@ -147,3 +147,172 @@ def test_unknown_method_names_the_supported_ones(tmp_path, capsys):
     assert cli(["validate", str(f)]) == 1
     out = capsys.readouterr().out
     assert "None" not in out and "dpo" in out and "simpo" in out
+
+
+# --- dpo-training.md's WPO, LD-DPO and f-divergence formulas, run through DPOTrainer._compute_loss ---------------
+
+def _per_pair_sigmoid(c, r, beta):
+    """DPO's sigmoid loss per pair on chosen/rejected scores (log-ratios, or what replaces them)."""
+    import torch.nn.functional as F
+    return -F.logsigmoid(beta * (c - r))
+
+
+def _wpo_weights(per_token, log_sum_sq, completion_mask):
+    """dpo-training.md: exp(mean over the completion's tokens of (log p(y_t) − log Σ_v p(v)²)), per completion."""
+    mask = completion_mask[:, 1:].to(per_token.dtype)
+    w = ((per_token - log_sum_sq) * mask).sum(1) / mask.sum(1)
+    return w.exp().chunk(2)
+
+
+def test_wpo_weight_is_unclamped_has_no_gradient_and_multiplies_every_loss_term():
+    import torch
+    b, beta = make_batch(5), 0.1
+    u = torch.rand(b["per_token"].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lss = 2 * b["per_token"] * (1 - u)  # a valid log Σp² lies in [2·log p, 0]
+    wc, wr = _wpo_weights(b["per_token"], lss, b["completion_mask"])
+    assert (torch.cat([wc, wr]) > 1).any()  # the weight is not clamped to 1
+    lc, lr = b["pi_c"] - b["ref_c"], b["pi_r"] - b["ref_r"]
+    hinge = torch.relu(1 - beta * (lc - lr))
+    expected = ((_per_pair_sigmoid(lc, lr, beta) * wc * wr).mean() + 0.5 * (hinge * wc * wr).mean()).item()
+    got = trl_dpo_loss(b, ["sigmoid", "hinge"], beta=beta, loss_weights=[1.0, 0.5], use_weighting=True,
+                       log_sum_sq_probs=lss)[0]
+    assert got == pytest.approx(expected, rel=1e-9)
+
+    # no gradient flows through the weight: TRL's gradient is the one with the weight held constant
+    leaf = b["per_token"].clone().requires_grad_(True)
+    trl_dpo_loss(b, "sigmoid", beta=beta, use_weighting=True, log_sum_sq_probs=lss, per_token=leaf)[0].backward()
+    mask = b["completion_mask"][:, 1:].double()
+
+    def manual(pt, weights_from):
+        c, r = ((pt * mask).sum(1)).chunk(2)
+        wc, wr = _wpo_weights(weights_from, lss, b["completion_mask"])
+        return (_per_pair_sigmoid(c - b["ref_c"], r - b["ref_r"], beta) * wc * wr).mean()
+
+    held = b["per_token"].clone().requires_grad_(True)
+    manual(held, held.detach()).backward()
+    # compared on completion tokens (the fake model's log-probs outside them are zeros TRL sums as they are)
+    assert torch.allclose(leaf.grad * mask, held.grad)
+    through = b["per_token"].clone().requires_grad_(True)
+    manual(through, through).backward()
+    assert not torch.allclose(leaf.grad * mask, through.grad)  # the check can tell the two apart
+
+
+def test_ld_dpo_counts_the_shared_length_fully_and_the_excess_by_alpha():
+    import torch
+    b, beta, alpha = make_batch(7), 0.1, 0.3
+    mask = b["completion_mask"][:, 1:].bool()
+    tokens = [b["per_token"][i][mask[i]] for i in range(mask.shape[0])]  # each completion's log-probs, in order
+    half = len(tokens) // 2
+    scores = []
+    for i, t in enumerate(tokens):
+        shared = min(len(tokens[i % half]), len(tokens[i % half + half]))
+        scores.append(t[:shared].sum() + alpha * t[shared:].sum())
+    c, r = torch.stack(scores).chunk(2)
+    assert (torch.tensor([len(t) for t in tokens[:half]]) != torch.tensor([len(t) for t in tokens[half:]])).any()
+    expected = _per_pair_sigmoid(c - b["ref_c"], r - b["ref_r"], beta).mean().item()
+    assert trl_dpo_loss(b, "sigmoid", beta=beta, ld_alpha=alpha)[0] == pytest.approx(expected, rel=1e-9)
+    assert trl_dpo_loss(b, "sigmoid", beta=beta, ld_alpha=1.0)[0] == pytest.approx(trl_dpo_loss(b, "sigmoid")[0])
+
+
+@pytest.mark.parametrize("kind,coef", [("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_divergence", 0.5),
+                                       ("alpha_divergence", 0.2), ("alpha_divergence", 1.0)])
+def test_f_divergence_scores_are_the_ones_the_skill_states(kind, coef):
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    b, beta = {k: v.float() if v.is_floating_point() else v for k, v in make_batch(11).items()}, 0.1  # as trained
+    score = {"forward_kl": lambda r: 1 - torch.exp(-r),
+             "js_divergence": lambda r: math.log(2) + F.logsigmoid(r),
+             "alpha_divergence": (lambda r: r) if coef == 1.0 else
+             (lambda r: (torch.exp((coef - 1) * r) - 1) / (coef - 1))}[kind]
+    expected = _per_pair_sigmoid(score(b["pi_c"] - b["ref_c"]), score(b["pi_r"] - b["ref_r"]), beta).mean().item()
+    got = trl_dpo_loss(b, "sigmoid", beta=beta, f_divergence_type=kind, f_alpha_divergence_coef=coef)[0]
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert kind == "alpha_divergence" and coef == 1.0 or got != pytest.approx(trl_dpo_loss(b, "sigmoid")[0])
+
+
+def test_old_reference_free_is_cpo_sigmoid_without_the_sft_term():
+    """dpo-training.md: old `reference_free: true` (reference log-probs taken as 0) = CPO, loss_type sigmoid."""
+    import torch
+    b, beta = make_batch(3), 0.1
+    zero = {**b, "ref_c": torch.zeros_like(b["ref_c"]), "ref_r": torch.zeros_like(b["ref_r"])}
+    old = trl_dpo_loss(zero, "sigmoid", beta=beta)[0]
+    cpo = trl_cpo_losses(b["pi_c"], b["pi_r"], loss_type="sigmoid", beta=beta, simpo_gamma=0.0)[0].mean().item()
+    assert cpo == pytest.approx(old, rel=1e-9)
+    assert "cpo_alpha 0" in validate({**BASE, "reference_free": True}, complete=False)["errors"][0]["message"]
+
+
+def _tiny_trainer_parts(tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tiny_model import build_tiny_model
+    path = build_tiny_model(tmp_path / "tiny")
+    ds = Dataset.from_list([{"prompt": "1+1=", "chosen": "2", "rejected": "3 or maybe 4"},
+                            {"prompt": "2+3=", "chosen": "the answer is 5", "rejected": "6"}] * 2)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), ds
+
+
+def test_cpo_averages_for_simpo_and_its_sft_term_is_one_token_mean(tmp_path):
+    """simpo/loss-functions.md: SimPO scores average log-probs; L = mean(L_pair) + cpo_alpha · token-mean NLL."""
+    import torch
+    import torch.nn.functional as F
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    model, tok, ds = _tiny_trainer_parts(tmp_path)
+    beta, gamma, cpo_alpha = 2.0, 1.0, 0.7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = CPOConfig(output_dir=str(tmp_path / "o"), loss_type="simpo", beta=beta, simpo_gamma=gamma,
+                         cpo_alpha=cpo_alpha, use_cpu=True, bf16=False, report_to="none",
+                         per_device_train_batch_size=4, max_length=64)
+        trainer = CPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
+        side = {}
+        for name in ("chosen", "rejected"):
+            logits = trainer.model(batch[f"{name}_input_ids"], attention_mask=batch[f"{name}_attention_mask"]).logits
+            labels = batch[f"{name}_labels"][:, 1:]
+            mask = labels != -100
+            lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+            side[name] = ((lp * mask).sum(1), mask.sum(1), (lp * mask).sum(1) / mask.sum(1))
+    (sum_c, n_c, avg_c), (_, _, avg_r) = side["chosen"], side["rejected"]
+    assert len(set(n_c.tolist())) > 1  # completions of different lengths, so token-mean ≠ mean of averages
+    nll = -sum_c.sum() / n_c.sum()
+    expected = (-F.logsigmoid(beta * (avg_c - avg_r) - gamma)).mean() + cpo_alpha * nll
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert metrics["logps/chosen"] == pytest.approx(avg_c.mean().item(), rel=1e-5)
+    assert metrics["nll_loss"] == pytest.approx(nll.item(), rel=1e-5)
+    assert nll.item() != pytest.approx((-avg_c).mean().item(), rel=1e-3)
+    trainer.loss_type = "sigmoid"  # any other loss type sums
+    with torch.no_grad():
+        assert trainer.get_batch_loss_metrics(trainer.model, batch)[1]["logps/chosen"] == pytest.approx(
+            sum_c.mean().item(), rel=1e-5)
+
+
+def test_trainer_refuses_a_lora_adapter_on_lm_head_and_precompute_on_a_stream(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOConfig, DPOTrainer
+    model, tok, ds = _tiny_trainer_parts(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none", max_steps=1)
+        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+        with pytest.raises(ValueError, match="lm_head"):
+            DPOTrainer(model=peft_model, args=args, train_dataset=ds, processing_class=tok)
+        # the alternative dpo-training.md gives: a full trainable copy of lm_head, which does train
+        saved = get_peft_model(_tiny_trainer_parts(tmp_path)[0],
+                               LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+        before = saved.get_output_embeddings().weight.detach().clone()
+        args.learning_rate, args.per_device_train_batch_size = 1e-2, 4
+        DPOTrainer(model=saved, args=args, train_dataset=ds, processing_class=tok).train()
+        assert not saved.get_output_embeddings().weight.detach().equal(before)
+        model = _tiny_trainer_parts(tmp_path)[0]
+        args.precompute_ref_log_probs = True
+        with pytest.raises(ValueError, match="IterableDataset"):
+            DPOTrainer(model=model, args=args, train_dataset=ds.to_iterable_dataset(), processing_class=tok)
+    assert validate({**BASE, "use_peft": True, "lora_target_modules": ["q_proj", "lm_head"]},
+                    complete=False)["errors"][0]["path"] == "/lora_target_modules"
+    assert validate({**BASE, "precompute_ref_log_probs": True, "streaming": True},
+                    complete=False)["errors"][0]["path"] == "/precompute_ref_log_probs"

@@ -49,21 +49,27 @@ def make_batch(seed: int = 0, pairs: int = 6, prompt_len: int = 3, max_completio
     }
 
 
-def trl_dpo_loss(batch, loss_type, beta=0.1, label_smoothing=0.0, discopop_tau=0.05, loss_weights=None):
-    """The loss DPOTrainer computes for this batch, through DPOTrainer._compute_loss itself."""
+def trl_dpo_loss(batch, loss_type, beta=0.1, label_smoothing=0.0, discopop_tau=0.05, loss_weights=None,
+                 use_weighting=False, log_sum_sq_probs=None, ld_alpha=None, f_divergence_type="reverse_kl",
+                 f_alpha_divergence_coef=0.5, per_token=None):
+    """The loss DPOTrainer computes for this batch, through DPOTrainer._compute_loss itself. `log_sum_sq_probs`
+    (per token, for WPO) defaults to zeros; `per_token` replaces the batch's policy log-probs (e.g. a leaf that
+    requires grad)."""
     loss_types = loss_type if isinstance(loss_type, list) else [loss_type]
-    per_token = batch["per_token"]
+    per_token = batch["per_token"] if per_token is None else per_token
 
     def model(**kwargs):
         z = torch.zeros_like(per_token)
-        return SimpleNamespace(log_probs=per_token, entropy=z, mean_logits=z,
-                               is_top1=torch.zeros_like(per_token, dtype=torch.bool), log_sum_sq_probs=z)
+        return SimpleNamespace(log_probs=per_token, entropy=z.detach(), mean_logits=z.detach(),
+                               is_top1=torch.zeros_like(per_token, dtype=torch.bool),
+                               log_sum_sq_probs=z if log_sum_sq_probs is None else log_sum_sq_probs)
 
     fake_self = SimpleNamespace(
-        model=SimpleNamespace(training=True), accelerator=accelerator(), aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
+        model=SimpleNamespace(training=True), accelerator=accelerator(), aux_loss_enabled=False, ld_alpha=ld_alpha,
+        precompute_ref_logps=True, f_divergence_type=f_divergence_type,
+        f_alpha_divergence_coef=f_alpha_divergence_coef,
         loss_types=loss_types, loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta,
-        label_smoothing=label_smoothing, use_weighting=False, args=SimpleNamespace(discopop_tau=discopop_tau),
+        label_smoothing=label_smoothing, use_weighting=use_weighting, args=SimpleNamespace(discopop_tau=discopop_tau),
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
     )
     T = per_token.shape[1] + 1
@@ -71,7 +77,8 @@ def trl_dpo_loss(batch, loss_type, beta=0.1, label_smoothing=0.0, discopop_tau=0
               "attention_mask": batch["attention_mask"], "completion_mask": batch["completion_mask"],
               "ref_chosen_logps": batch["ref_c"], "ref_rejected_logps": batch["ref_r"]}
     loss = DPOTrainer._compute_loss(fake_self, model, inputs, False)
-    return float(loss), {k: v[-1] for k, v in fake_self._metrics["train"].items()}
+    metrics = {k: v[-1] for k, v in fake_self._metrics["train"].items()}
+    return (loss if per_token.requires_grad else float(loss)), metrics
 
 
 def trl_cpo_losses(avg_c, avg_r, loss_type="simpo", beta=2.0, simpo_gamma=0.5, label_smoothing=0.0):

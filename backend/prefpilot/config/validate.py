@@ -25,7 +25,8 @@ REMOVED_KEYS = {
     "max_completion_length": "removed from DPOConfig in TRL 1.x: only max_length (prompt + completion) remains",
     "max_target_length": "removed in TRL 1.x: use max_length",
     "rpo_alpha": "removed in TRL 1.x: write loss_type: [sigmoid, sft] with loss_weights: [1.0, <rpo_alpha>]",
-    "reference_free": "removed in TRL 1.x: for a reference-free objective use method: simpo",
+    "reference_free": "removed in TRL 1.x: the same loss is TRL's CPO trainer with loss_type sigmoid and "
+                      "cpo_alpha 0 (summed log-probs); method: simpo is its length-normalised successor",
     "generate_during_eval": "removed from DPOConfig in TRL 1.x",
     "model_adapter_name": "removed in TRL 1.x: the trained adapter is the active one",
     "ref_adapter_name": "removed in TRL 1.x: a reference adapter is found by the name 'ref'",
@@ -204,6 +205,10 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         elif cfg.get("padding_free"):
             warns.append(finding("/padding_free", "no_effect", "padding_free is temporarily unavailable in TRL 1.16: "
                                  "it warns and falls back to padding", "leave it off until TRL restores it"))
+        if cfg.get("precompute_ref_log_probs") and (cfg.get("streaming") or cfg.get("dataset_streaming")):
+            errs.append(finding("/precompute_ref_log_probs", "incompatible", "a streamed dataset (IterableDataset) "
+                                "cannot take precomputed reference columns: DPOTrainer refuses it at start",
+                                "set precompute_ref_log_probs: false, or streaming: false"))
         if cfg.get("precompute_ref_log_probs") and peft:
             warns.append(finding("/precompute_ref_log_probs", "no_effect", "with PEFT no reference model is held in "
                                  "memory anyway; precomputing only saves the adapter-off forward", None))
