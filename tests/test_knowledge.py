@@ -316,3 +316,17 @@ def test_trainer_refuses_a_lora_adapter_on_lm_head_and_precompute_on_a_stream(tm
                     complete=False)["errors"][0]["path"] == "/lora_target_modules"
     assert validate({**BASE, "precompute_ref_log_probs": True, "streaming": True},
                     complete=False)["errors"][0]["path"] == "/precompute_ref_log_probs"
+
+
+def test_cpoconfig_defaults_are_the_ones_the_simpo_skill_states():
+    import re
+
+    from trl.experimental.cpo import CPOConfig
+    text = (ROOT / "skills/mlops/simpo/references/loss-functions.md").read_text()
+    m = re.search(r"β ([\d.]+), `simpo_gamma` ([\d.]+) \(γ/β = ([\d.]+)\) and\s+`cpo_alpha` ([\d.]+)", text)
+    assert m, "loss-functions.md no longer states CPOConfig's defaults in the form this test reads"
+    beta, gamma, ratio, alpha = map(float, m.groups())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = CPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False)
+    assert (c.beta, c.simpo_gamma, c.cpo_alpha) == (beta, gamma, alpha) and gamma / beta == ratio
