@@ -1,4 +1,6 @@
-"""`prefpilot demo`, shortened: the whole loop on the real SmolLM2-135M-Instruct, through the CLI as a user runs it."""
+"""`prefpilot demo` at its full length, through the CLI as a user runs it, on the real SmolLM2-135M-Instruct:
+the untrained model prefers the rejected (wrapped) answer on held-out prompts, and each method must reverse it."""
+import os
 import subprocess
 import sys
 
@@ -7,23 +9,32 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_demo_short_run_end_to_end(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    import os
-    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "demo", "--steps", "6", "--eval-pairs", "12",
+def _accuracy(out: str, key: str) -> tuple[float, float]:
+    line = next(x for x in out.splitlines() if x.strip().startswith(key + " "))
+    return float(line.split("before")[1].split()[0]), float(line.split("after")[1].split()[0])
+
+
+@pytest.mark.parametrize("method,key", [("dpo", "logprob_accuracy"), ("simpo", "avg_logprob_accuracy")])
+def test_demo_reverses_the_models_own_preference(tmp_path, method, key):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "demo", "--method", method,
                         "--target", str(tmp_path / "skills"), "--runs-root", str(tmp_path / "runs")],
-                       capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+                       capture_output=True, text=True, timeout=900, env=env)
     out = r.stdout
     assert r.returncode == 0, (out + r.stderr)[-3000:]  # 4 would mean held-out accuracy fell
     for step in ("1. skills synced", "2. model", "3. plan", "4. config valid", "5. launched", "6. diagnosis",
-                 "7. held-out preference accuracy"):
+                 "7. held-out preference accuracy on 48 unseen prompts"):
         assert step in out, step
+    before, after = _accuracy(out, key)
+    print(f"{method} {key}: before {before:.3f} after {after:.3f}")
+    assert before < 0.5 < 0.8 < after, out[-2500:]  # the model had to change its mind, not confirm it
     assert (tmp_path / "skills/mlops/simpo/SKILL.md").is_file()
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert (run_dir / "diagnosis.png").read_bytes()[:4] == b"\x89PNG"
+    for png in ("diagnosis.png", "heldout_margins.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG", png
     # the ~0.5 GB final model is removed after the evaluation unless --keep-model
-    assert not (run_dir / "final").exists() and "removed" in out and "completed after 6 steps" in out
+    assert not (run_dir / "final").exists() and "removed" in out and "completed after 24 steps" in out
     assert f"prefpilot runs --root {tmp_path / 'runs'} status" in out  # the hint names the root it used
-    line = next(x for x in out.splitlines() if "implicit_reward_accuracy" in x)
-    before, after = float(line.split("before")[1].split()[0]), float(line.split("after")[1].split()[0])
-    assert before == 0.5 and after >= before
+    if method == "dpo":
+        assert _accuracy(out, "implicit_reward_accuracy")[0] == 0.5  # policy == reference before: every pair ties
+    assert "None" not in out

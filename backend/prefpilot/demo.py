@@ -18,15 +18,19 @@ from pathlib import Path
 from .errors import PrefpilotError
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DATASET = "builtin:tone-prefs"
+DATASET_NAME = "terse-prefs"
+DATASET = f"builtin:{DATASET_NAME}"
 # Demo settings that differ from the published tables, and why. The tables are for 7B+ models, batch 64-128
-# and thousands of steps; 40 CPU steps of a 135M model need a larger learning rate to move at all.
-# SimPO, measured on the 48 held-out pairs (avg-log-prob accuracy from 0.875): lr 1e-6 -> 0.875,
-# 5e-6 -> 0.896, 1e-5 -> 0.979 (the mean per-token margin 2.01 -> 2.19 / 2.63 / 3.02).
+# and thousands of steps; 24 CPU steps (half an epoch at batch 4) of a 135M model need a larger learning rate to
+# move at all. Measured on the 48 held-out terse-prefs pairs, where the untrained model prefers the wrapped
+# answer: DPO lr 5e-6, 24 steps: summed-log-prob accuracy 0.083 -> 1.000; SimPO lr 1e-5: per-token accuracy
+# 0.000 -> 0.917 (mean per-token margin -4.79 -> +0.92). With a test wrapper absent from training, DPO still
+# reached 1.0 but SimPO (20 steps) only 0.06: the test wrapper is now one of the training ones.
+DEMO_STEPS = 24
 DEMO = {
-    "dpo": {"max_steps": 40, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
+    "dpo": {"max_steps": DEMO_STEPS, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
             "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
-    "simpo": {"max_steps": 40, "learning_rate": 1e-5, "per_device_train_batch_size": 4,
+    "simpo": {"max_steps": DEMO_STEPS, "learning_rate": 1e-5, "per_device_train_batch_size": 4,
               "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
 }
 
@@ -87,7 +91,7 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
 
     # 3. plan + demo overrides
     from .data import builtin_files
-    n_pairs = sum(1 for _ in open(builtin_files("tone-prefs")["train"], encoding="utf-8"))
+    n_pairs = sum(1 for _ in open(builtin_files(DATASET_NAME)["train"], encoding="utf-8"))
     p = plan(method=method, model=MODEL, dataset_path=DATASET, dataset_size=n_pairs, max_length=128)
     cfg = dict(p["config"])
     overrides = dict(DEMO[method], **({"max_steps": steps} if steps else {}))
@@ -97,7 +101,7 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
     changed = {k: (cfg.get(k), v) for k, v in overrides.items() if cfg.get(k) != v}
     cfg.update(overrides)
     out("   demo overrides (a short CPU run; the tables are for long GPU runs): "
-        + ", ".join(f"{k} {a!r}→{b!r}" for k, (a, b) in changed.items()))
+        + ", ".join(f"{k} {'unset' if a is None else repr(a)}→{b!r}" for k, (a, b) in changed.items()))
 
     # 4. validate
     report = validate(cfg)
@@ -105,9 +109,11 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
         raise PrefpilotError("the demo config does not validate: " + "; ".join(e["message"] for e in report["errors"]),
                              code="invalid_config")
     est = report.get("estimate") or {}
-    out(f"4. config valid ({len(report['warnings'])} warnings); memory estimate ~{est.get('total_gb', '?')} GB")
+    n_warn = len(report["warnings"])
+    out(f"4. config valid ({n_warn} warning{'' if n_warn == 1 else 's'}); memory estimate ~{est.get('total_gb', '?')} GB")
     for w in report["warnings"]:
-        out(f"   warning {w['path']}: {w['message'][:150]}")
+        ours = " (a demo override from step 3)" if w["path"].lstrip("/") in changed else ""
+        out(f"   warning {w['path']}: {w['message'][:150]}{ours}")
 
     # 5. launch + follow
     run_id = runs.launch(cfg, runs_root)
@@ -154,23 +160,29 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
     for f in diag["findings"]:
         fix = "; ".join(", ".join(f"{k}: {v}" for k, v in r["change"].items()) for r in f["remedies"][:2])
         out(f"   [{f['severity']}] {f['id']}: {f['explanation'][:160]}" + (f"\n     fix: {fix}" if fix else ""))
+        if f["id"] == "lr_out_of_range" and "learning_rate" in changed:
+            out("     (expected here: the demo raised the learning rate in step 3 so that a few CPU steps move the "
+                "model; keep the table's value for a real run)")
 
-    # 7. held-out preference accuracy
+    # 7. held-out preference accuracy, by the model's own log-probs, before and after, on the same pairs
     from .train.data import read_rows
-    from .train.evaluate import evaluate_run
-    rows = read_rows(str(builtin_files("tone-prefs")["test"]))
+    from .train.evaluate import evaluate_run, plot_margins
+    rows = read_rows(str(builtin_files(DATASET_NAME)["test"]))
     rows = rows[:eval_pairs] if eval_pairs else rows
     ev = evaluate_run(str(run_dir / "final"), ref_path, rows, beta=float(cfg.get("beta", 0.1)))
     key = "avg_logprob_accuracy" if method == "simpo" else "logprob_accuracy"
     b, a = ev["before"], ev["after"]
-    out(f"7. held-out preference accuracy on {len(rows)} unseen prompts with unseen rejected phrasings:")
-    out(f"   {key:26} before {b[key]:.3f}  after {a[key]:.3f}   (does the model itself prefer the chosen answer)")
+    out(f"7. held-out preference accuracy on {len(rows)} unseen prompts (share of pairs where the model gives the bare "
+        "answer more probability than the wrapped one):")
+    lines = [("logprob_accuracy", "summed log-prob: what the model itself prefers; DPO's reward without β and π_ref"),
+             ("avg_logprob_accuracy", "per-token log-prob: SimPO's reward")]
     if method == "dpo":
-        out(f"   implicit_reward_accuracy   before {b['implicit_reward_accuracy']:.3f}  after "
-            f"{a['implicit_reward_accuracy']:.3f}   (DPO's reward β·log π/π_ref; 0.5 = ties before training)")
-    else:
-        out(f"   mean_avg_logprob_margin    before {b['mean_avg_logprob_margin']:.3f}  after "
-            f"{a['mean_avg_logprob_margin']:.3f}   (SimPO's margin per token, chosen minus rejected)")
+        lines.append(("implicit_reward_accuracy", "DPO's reward β·log π/π_ref (0.5 before: every pair ties)"))
+    for k, what in lines:
+        out(f"   {k:26} before {b[k]:.3f}  after {a[k]:.3f}   ({what})")
+    margins_png = plot_margins(ev, run_dir / "heldout_margins.png",
+                               title=f"{method.upper()} on {DATASET}: held-out margins before and after {st.get('step')} steps")
+    out(f"   margin histograms: {margins_png}")
     final = run_dir / "final"
     if keep_model:
         kept = f"{final} (kept: --keep-model)"
@@ -183,4 +195,4 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
         f"next:     prefpilot diagnose{root_flag} {run_id}  |  prefpilot runs{root_flag} status {run_id}\n"
         f"total {time.time() - t0:.0f} s")
     return {"run_id": run_id, "run_dir": str(run_dir), "status": st, "diagnosis": diag, "evaluation": ev,
-            "target": target, "metric": key}
+            "target": target, "metric": key, "margins_plot": str(margins_png)}

@@ -72,6 +72,25 @@ def tone(rng: random.Random, arith_rows: list[dict]) -> tuple[list[dict], list[d
     return train, test
 
 
+# terse-prefs: the bare answer is preferred over the same answer wrapped in a sentence. SmolLM2-135M-Instruct
+# prefers the wrapped form (held-out accuracy by its own log-probs: 0.08 summed, 0.00 per token), so a run has to
+# reverse the model's preference, not confirm it. Train and test use disjoint prompts; the test wrapper is the
+# model's own favourite phrasing, one of the training wrappers.
+WRAP_TRAIN = ["The answer is {a}.", "It is {a}.", "That would be {a}.", "The correct answer is {a}.",
+              "Sure! The answer is {a}.", "{a} is the answer."]
+WRAP_TEST = ["The answer is {a}."]
+
+
+def terse(rng: random.Random, tone_train: list[dict], tone_test: list[dict]) -> tuple[list[dict], list[dict]]:
+    def bare(c: str) -> str:
+        return c[len("The answer is "):-1] if c.startswith("The answer is ") else c
+
+    def rows(part, wraps):
+        return [{"prompt": r["prompt"], "chosen": bare(r["chosen"]),
+                 "rejected": rng.choice(wraps).format(a=bare(r["chosen"]))} for r in part]
+    return rows(tone_train, WRAP_TRAIN), rows(tone_test, WRAP_TEST)
+
+
 def write(name: str, train: list[dict], test: list[dict]) -> None:
     here = Path(__file__).parent
     for split, part in (("train", train), ("test", test)):
@@ -93,7 +112,9 @@ def main():
             unique.append(r)
     test, train = unique[:64], unique[64:]
     write("arith-prefs", train, test)
-    write("tone-prefs", *tone(random.Random(7), unique))
+    tone_train, tone_test = tone(random.Random(7), unique)
+    write("tone-prefs", tone_train, tone_test)
+    write("terse-prefs", *terse(random.Random(11), tone_train, tone_test))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ Ties count as half a success, so a model equal to its reference scores 0.5, not 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -50,28 +52,37 @@ def _acc(pairs) -> float:
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / max(1, len(pairs))
 
 
-def preference_accuracy(model, tok, rows, ref_logps=None, beta: float = 0.1) -> dict:
-    c, r, nc, nr = completion_logps(model, tok, rows)
+def summarise(logps, ref_logps=None, beta: float = 0.1) -> dict:
+    """Accuracies and per-pair margins from ``completion_logps``' output (pure: no model)."""
+    c, r, nc, nr = logps
     avg_c, avg_r = [a / max(1, n) for a, n in zip(c, nc)], [b / max(1, n) for b, n in zip(r, nr)]
-    out = {"pairs": len(rows), "logprob_accuracy": _acc(zip(c, r)), "avg_logprob_accuracy": _acc(zip(avg_c, avg_r)),
-           "mean_avg_logprob_margin": sum(a - b for a, b in zip(avg_c, avg_r)) / max(1, len(rows))}
+    per_pair = {"summed": [a - b for a, b in zip(c, r)], "per_token": [a - b for a, b in zip(avg_c, avg_r)]}
+    out = {"pairs": len(c), "logprob_accuracy": _acc(zip(c, r)), "avg_logprob_accuracy": _acc(zip(avg_c, avg_r)),
+           "mean_avg_logprob_margin": sum(per_pair["per_token"]) / max(1, len(c))}
     if ref_logps is not None:
-        rc, rr = ref_logps
-        margins = [beta * ((a - x) - (b - y)) for a, b, x, y in zip(c, r, rc, rr)]
-        out["implicit_reward_accuracy"] = _acc((m, 0.0) for m in margins)
-        out["mean_implicit_margin"] = sum(margins) / max(1, len(margins))
-    return out, (c, r)
+        rc, rr = ref_logps[:2]
+        per_pair["implicit"] = [beta * ((a - x) - (b - y)) for a, b, x, y in zip(c, r, rc, rr)]
+        out["implicit_reward_accuracy"] = _acc((m, 0.0) for m in per_pair["implicit"])
+        out["mean_implicit_margin"] = sum(per_pair["implicit"]) / max(1, len(c))
+    out["margins"] = per_pair
+    return out
+
+
+def preference_accuracy(model, tok, rows, ref_logps=None, beta: float = 0.1) -> tuple[dict, tuple]:
+    logps = completion_logps(model, tok, rows)
+    return summarise(logps, ref_logps, beta), logps
 
 
 def evaluate_run(model_dir: str, ref_dir: str, rows: list[dict], beta: float = 0.1) -> dict:
     """Accuracy of the reference (before) and of the trained model (after) on the same held-out rows."""
+    from pathlib import Path
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(ref_dir)
     ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
-    before, ref_logps = preference_accuracy(ref, tok, rows, beta=beta)
-    before, _ = preference_accuracy(ref, tok, rows, ref_logps=ref_logps, beta=beta)
+    ref_logps = completion_logps(ref, tok, rows)
+    before = summarise(ref_logps, ref_logps, beta)  # the reference against itself: every implicit margin is 0
     del ref
-    from pathlib import Path
     if (Path(model_dir) / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
         policy = AutoPeftModelForCausalLM.from_pretrained(model_dir)
@@ -79,3 +90,30 @@ def evaluate_run(model_dir: str, ref_dir: str, rows: list[dict], beta: float = 0
         policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     after, _ = preference_accuracy(policy, tok, rows, ref_logps=ref_logps, beta=beta)
     return {"before": before, "after": after}
+
+
+def plot_margins(ev: dict, out, title: str = "") -> Path:
+    """Histograms of the held-out per-pair margins (chosen minus rejected) before and after training, summed and
+    per token: accuracy is the share right of 0."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in zip(axes, ("summed", "per_token"),
+                              ("summed log-prob margin (nats)", "per-token log-prob margin (nats/token)")):
+        b, a = ev["before"]["margins"][key], ev["after"]["margins"][key]
+        lo, hi = min(b + a + [0.0]), max(b + a + [0.0])
+        bins = [lo + (hi - lo) * i / 24 for i in range(25)] if hi > lo else 10
+        ax.hist(b, bins=bins, alpha=0.6, label="before", color="#7f7f7f")
+        ax.hist(a, bins=bins, alpha=0.6, label="after", color="#1f77b4")
+        ax.axvline(0.0, color="black", lw=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("pairs")
+        ax.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

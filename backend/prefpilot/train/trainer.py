@@ -268,9 +268,8 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
                                         step=trainer.state.global_step, finished_at=rundir.now(),
                                         checkpoint=str(ck) if ck else None)
         return {}
-    trainer.save_model(str(run_dir / "final"))
+    trainer.save_model(str(run_dir / "final"))  # Trainer saves the tokenizer (its processing_class) with it
     if main:
-        tok.save_pretrained(str(run_dir / "final"))
         status = rundir.update_status(run_dir, state="completed", step=trainer.state.global_step,
                                       total_steps=trainer.state.max_steps, percent=100.0, eta_seconds=0,
                                       finished_at=rundir.now(), train_seconds=round(time.time() - t0, 2),
