@@ -86,7 +86,7 @@ def main(argv=None):
     add("MCP diagnose_run with PNG plot p50", f"{r['diagnose_run+plot_p50_ms']} ms", "—", "bench/mcp_latency.py")
 
     import train_overhead
-    r = quiet(train_overhead.main, ["--repeat", "2" if q else "4", "--steps", "20" if q else "60", "--extras"])
+    r = quiet(train_overhead.main, ["--repeat", "2" if q else "6", "--steps", "20" if q else "60", "--extras"])
     for key, label in (("step", "step time"), ("end_to_end", "end to end"), ("startup", "start-up")):
         x = r["prefpilot_over_plain"][key]
         add(f"train {label}: prefpilot / plain TRL DPOTrainer", f"{x['median']:.3f} ({x['min']:.3f}-{x['max']:.3f})",

@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole loop on SmolLM2-135M: sync, plan, validate, train, diagnose, evaluate")
     p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
     p.add_argument("--target", help="skills directory to sync into (default: a temp dir, removed at the end)")
-    p.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 24: half an epoch at batch 4)")
+    p.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 20 for DPO, 24 for SimPO)")
     p.add_argument("--eval-pairs", type=POSITIVE_INT, help="held-out pairs to evaluate (default all 48)")
     p.add_argument("--runs-root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
     p.add_argument("--detach", action="store_true",

@@ -21,16 +21,17 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DATASET_NAME = "terse-prefs"
 DATASET = f"builtin:{DATASET_NAME}"
 # Demo settings that differ from the published tables, and why. The tables are for 7B+ models, batch 64-128
-# and thousands of steps; 24 CPU steps (half an epoch at batch 4) of a 135M model need a larger learning rate to
-# move at all. Measured on the 48 held-out terse-prefs pairs, where the untrained model prefers the wrapped
-# answer: DPO lr 5e-6, 24 steps: summed-log-prob accuracy 0.083 -> 1.000; SimPO lr 1e-5: per-token accuracy
-# 0.000 -> 0.917 (mean per-token margin -4.79 -> +0.92). With a test wrapper absent from training, DPO still
-# reached 1.0 but SimPO (20 steps) only 0.06: the test wrapper is now one of the training ones.
-DEMO_STEPS = 24
+# and thousands of steps; a few CPU steps of a 135M model need a larger learning rate to move at all. Measured on
+# the 48 held-out terse-prefs pairs, where the untrained model prefers the wrapped answer (2 CPU cores):
+#   DPO lr 5e-6, summed-log-prob accuracy 0.083 -> 0.917 after 16 steps, 1.000 after 24 (~5 s per step);
+#   SimPO lr 1e-5, per-token accuracy 0.000 -> 0.917 after 24 steps (mean per-token margin -4.79 -> +0.92).
+# With a test wrapper absent from training, DPO still reached 1.0 but SimPO (20 steps) only 0.06: the test
+# wrapper is now one of the training ones (the prompts stay unseen).
+DEMO_STEPS = {"dpo": 20, "simpo": 24}  # DPO's steps cost more (a reference forward): 20 keeps it under 3 minutes
 DEMO = {
-    "dpo": {"max_steps": DEMO_STEPS, "learning_rate": 5e-6, "per_device_train_batch_size": 4,
+    "dpo": {"max_steps": DEMO_STEPS["dpo"], "learning_rate": 5e-6, "per_device_train_batch_size": 4,
             "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
-    "simpo": {"max_steps": DEMO_STEPS, "learning_rate": 1e-5, "per_device_train_batch_size": 4,
+    "simpo": {"max_steps": DEMO_STEPS["simpo"], "learning_rate": 1e-5, "per_device_train_batch_size": 4,
               "gradient_accumulation_steps": 1, "max_length": 128, "logging_steps": 1, "save_strategy": "no"},
 }
 
@@ -177,7 +178,7 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
     lines = [("logprob_accuracy", "summed log-prob: what the model itself prefers; DPO's reward without β and π_ref"),
              ("avg_logprob_accuracy", "per-token log-prob: SimPO's reward")]
     if method == "dpo":
-        lines.append(("implicit_reward_accuracy", "DPO's reward β·log π/π_ref (0.5 before: every pair ties)"))
+        lines.append(("implicit_reward_accuracy", "DPO's reward β·log π/π_ref; 0.5 before: every pair ties"))
     for k, what in lines:
         out(f"   {k:26} before {b[k]:.3f}  after {a[k]:.3f}   ({what})")
     margins_png = plot_margins(ev, run_dir / "heldout_margins.png",
