@@ -196,15 +196,18 @@ def _console_rows(text: str, info: dict) -> list[dict]:
     return rows
 
 
-def _csv_rows(text: str) -> list[dict]:
+def _csv_head(text: str) -> tuple[str, str]:
+    """The header line and the delimiter it uses most (tab, comma or semicolon)."""
     head = text.lstrip().split("\n", 1)[0]
-    delim = max(("\t", ",", ";"), key=head.count)
-    return list(csv.DictReader(io.StringIO(text.lstrip()), delimiter=delim))
+    return head, max(("\t", ",", ";"), key=head.count)
+
+
+def _csv_rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text.lstrip()), delimiter=_csv_head(text)[1]))
 
 
 def _looks_like_csv(text: str) -> bool:
-    head = text.lstrip().split("\n", 1)[0]
-    delim = max(("\t", ",", ";"), key=head.count)
+    head, delim = _csv_head(text)
     if head.count(delim) < 1 or "{" in head:
         return False
     cols = [c.strip().strip('"') for c in head.split(delim)]
