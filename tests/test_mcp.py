@@ -110,6 +110,9 @@ def test_validate_plan_explain_and_refusals(ws, tmp_path_factory):
                                               "model": "meta-llama/Meta-Llama-3-8B-Instruct"})
         assert not p.is_error and p.structured_content["config"]["method"] == "simpo"
         assert p.structured_content["rationale"]
+        p = call(portal, client, "plan_run", {"dataset_path": "HuggingFaceH4/ultrafeedback_binarized"})
+        assert not p.is_error, text(p)  # a hub id is no workspace path: it becomes TRL's dataset_name
+        assert p.structured_content["config"]["dataset_name"] == "HuggingFaceH4/ultrafeedback_binarized"
         e = call(portal, client, "explain_loss", {"loss_type": "ipo"}).structured_content
         assert e["formula"].startswith("(") and e["starting_hyperparameters"][0]["source"]
         assert call(portal, client, "explain_loss", {"loss_type": "nope"}).is_error

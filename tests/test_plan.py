@@ -63,3 +63,56 @@ def test_plan_counts_the_pairs_it_is_given(tmp_path):
     tiny.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 30)
     p = plan(dataset_path=str(tiny))
     assert any("counted 30 pairs" in r for r in p["rationale"]) and any("warning" in r for r in p["rationale"])
+
+
+# The split sizes a hub dataset leaves on a machine that has loaded it, in the formats the hub and `datasets` write
+# (the numbers are ultrafeedback_binarized's: 61,135 train_prefs pairs, 2,000 test_prefs).
+CARD = """---
+dataset_info:
+  features:
+  - name: prompt
+    dtype: string
+  splits:
+  - name: train_prefs
+    num_bytes: 405688662
+    num_examples: 61135
+  - name: test_prefs
+    num_bytes: 13161585
+    num_examples: 2000
+configs:
+- config_name: default
+  data_files:
+  - split: train_prefs
+    path: data/train_prefs-*
+---
+# Dataset Card
+"""
+
+
+def test_plan_counts_a_hub_set_from_the_local_cache_without_the_network(tmp_path, monkeypatch):
+    import json
+
+    from prefpilot.plan import count_pairs, plan
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    repo = "HuggingFaceH4/ultrafeedback_binarized"
+    n, why = count_pairs(repo)
+    assert n is None and "cache" in why  # nothing cached: says so, plans with the papers' batch
+    snap = tmp_path / "hub/datasets--HuggingFaceH4--ultrafeedback_binarized/snapshots/3949bf5f"
+    snap.mkdir(parents=True)
+    (snap / "README.md").write_text(CARD)
+    n, why = count_pairs(repo)
+    assert n == 61135 and "train_prefs" in why and "dataset card" in why  # train -> the one train_* split
+    info = tmp_path / "datasets/HuggingFaceH4___ultrafeedback_binarized/default/0.0.0/abc123/dataset_info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"splits": {"train_prefs": {"name": "train_prefs", "num_examples": 60000},
+                                           "test_prefs": {"name": "test_prefs", "num_examples": 2000}}}))
+    assert count_pairs(repo)[0] == 60000  # what load_dataset itself wrote wins over the card
+    p = plan(dataset_path=repo)
+    assert any("counted 60000 pairs" in r for r in p["rationale"])
+    # a hub id is TRL's dataset_name, with the split the set really has
+    assert p["config"]["dataset_name"] == repo and "dataset_path" not in p["config"]
+    assert p["config"]["dataset_train_split"] == "train_prefs"
+    (snap / "README.md").write_text("---\n: [broken\n---\n")
+    info.write_text("{not json")
+    assert count_pairs(repo)[0] is None  # unreadable metadata is not counted, and nothing raises

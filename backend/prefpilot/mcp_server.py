@@ -300,8 +300,8 @@ def build_server(ws: Workspace) -> MCPServer:
         """Plan a complete run config from the published hyperparameter tables for this model and hardware
         (default: this machine). Returns the config (ready for launch_run), the rationale for every choice,
         memory savers applied and the memory estimate. gpu_memory_gb is per GPU."""
-        from .plan import plan
-        if dataset_path and not dataset_path.startswith("builtin:"):
+        from .plan import hub_dataset_id, plan
+        if dataset_path and not dataset_path.startswith("builtin:") and not hub_dataset_id(dataset_path, ws.root):
             dataset_path = str(ws.confine(dataset_path, "dataset_path"))
         model = ws.confine_model(model)  # a local model folder is read for its size: only inside the workspace
         return _json_safe(plan(method=method, model=model, gpu_memory_gb=gpu_memory_gb, num_gpus=num_gpus,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import stat
 from pathlib import Path
@@ -48,10 +49,68 @@ def nearest_row(rows: list[dict], family: str | None, params: float | None, vari
 
 
 MAX_COUNT_BYTES = 1 << 30
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".tsv")
+
+
+def hub_dataset_id(value: str | None, base: Path | None = None) -> bool:
+    """An `org/name` that is no local path: a Hugging Face dataset id (TRL's dataset_name), not a dataset_path."""
+    return bool(value and HUB_ID.match(value) and Path(value).suffix.lower() not in DATA_SUFFIXES
+                and not ((base or Path.cwd()) / value).exists())
+
+
+def _hf_cache(env: str, sub: str) -> Path:
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    return Path(home).expanduser() / sub
+
+
+def _pick_split(splits: dict[str, int], split: str) -> tuple[str, int] | None:
+    """The split asked for; else the one split whose name starts with it (train -> train_prefs)."""
+    if split in splits:
+        return split, splits[split]
+    near = [s for s in splits if s.startswith(split)]
+    return (near[0], splits[near[0]]) if len(near) == 1 else None
+
+
+def hub_cached_pairs(repo_id: str, split: str = "train") -> tuple[int, str, str] | None:
+    """Rows of a hub dataset's split when this machine already holds its metadata, without `datasets` or a
+    network call: the `dataset_info.json` that `load_dataset` writes into its cache, else the split sizes in
+    the dataset card's front matter in the hub cache (`dataset_info.splits`, written by the hub for most sets)."""
+    import yaml
+    found: list[tuple[dict[str, int], str]] = []
+    ds_root = _hf_cache("HF_DATASETS_CACHE", "datasets") / repo_id.replace("/", "___")
+    for info in sorted(ds_root.glob("*/*/*/dataset_info.json")):
+        try:
+            splits = json.loads(info.read_text(encoding="utf-8")).get("splits") or {}
+            found.append(({k: int(v["num_examples"]) for k, v in splits.items()}, f"the datasets cache ({info})"))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+    hub_root = _hf_cache("HF_HUB_CACHE", "hub") / ("datasets--" + repo_id.replace("/", "--")) / "snapshots"
+    for card in sorted(hub_root.glob("*/README.md")):
+        try:
+            text = card.read_text(encoding="utf-8")
+            if not text.startswith("---"):
+                continue
+            meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+            info = meta.get("dataset_info") or {}
+            if isinstance(info, list):  # one entry per config: the default one, else the first
+                info = next((i for i in info if i.get("config_name") == "default"), info[0] if info else {})
+            splits = {s["name"]: int(s["num_examples"]) for s in info.get("splits") or []}
+            found.append((splits, f"the dataset card in the hub cache ({card})"))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, yaml.YAMLError):
+            continue
+    for splits, where in found:
+        picked = _pick_split(splits, split)
+        if picked:
+            return picked[1], f"counted {picked[1]} pairs in split {picked[0]} of {repo_id}, from {where}", picked[0]
+    return None
 
 
 def count_pairs(dataset_path: str | None) -> tuple[int | None, str]:
-    """(number of preference pairs, how it was found) for a builtin set or a local file; (None, why) otherwise."""
+    """(number of preference pairs, how it was found) for a builtin set, a local file or a hub set whose split
+    sizes this machine has cached; (None, why) otherwise."""
     if not dataset_path:
         return None, "dataset size unknown (no dataset_path): the batch stays at the papers' 128"
     if dataset_path.startswith("builtin:"):
@@ -61,10 +120,16 @@ def count_pairs(dataset_path: str | None) -> tuple[int | None, str]:
         p = builtin_files(dataset_path[8:])["train"]  # a packaged JSONL file, counted like any other
     else:
         p = Path(dataset_path).expanduser()
+    if hub_dataset_id(dataset_path):
+        cached = hub_cached_pairs(dataset_path)
+        if cached:
+            return cached[0], cached[1]
+        return None, (f"dataset size unknown (the split sizes of the hub set {dataset_path} are not in this machine's "
+                      "Hugging Face cache): the batch stays at the papers' 128")
     try:
         st = p.stat()
     except OSError:
-        return None, f"dataset size unknown ({dataset_path} is not a local file; a hub set is counted at train time)"
+        return None, f"dataset size unknown ({dataset_path} is not a local file)"
     if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNT_BYTES:
         return None, f"dataset size not counted ({dataset_path} is not a regular file under 1 GiB)"
     suffix = p.suffix.lower()
@@ -103,7 +168,8 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     size = resolve_model_size({"model_name_or_path": model, "model_params": model_params})
     row, why = nearest_row(table["rows"], family_of(model), size["params"], variant_of(model))
     rationale = [f"hyperparameters from table row `{row['id']}` ({row['model']}; {why}); source: {row['source']}"]
-    cfg: dict = {"method": method, "model_name_or_path": model, "dataset_path": dataset_path,
+    hub = hub_dataset_id(dataset_path)  # TRL loads an `org/name` from the hub: it goes in dataset_name
+    cfg: dict = {"method": method, "model_name_or_path": model, ("dataset_name" if hub else "dataset_path"): dataset_path,
                  "beta": row["beta"], "learning_rate": row["learning_rate"], "num_train_epochs": 1,
                  "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "max_length": max_length,
                  "logging_steps": 1, "save_strategy": "no", "report_to": "none"}
@@ -123,6 +189,10 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     if dataset_size is None:
         dataset_size, counted = count_pairs(dataset_path)
         rationale.append(counted)
+    cached = hub_cached_pairs(dataset_path) if hub else None
+    if cached and cached[2] != "train":  # e.g. ultrafeedback_binarized trains on train_prefs
+        cfg["dataset_train_split"] = cached[2]
+        rationale.append(f"dataset_train_split: {cached[2]} (the set has no split called train)")
     if dataset_size:
         while total > 8 and dataset_size / total < 20:
             total //= 2
