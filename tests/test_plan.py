@@ -96,12 +96,12 @@ def test_plan_counts_a_hub_set_from_the_local_cache_without_the_network(tmp_path
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     repo = "HuggingFaceH4/ultrafeedback_binarized"
-    n, why = count_pairs(repo)
+    n, why, _ = count_pairs(repo)
     assert n is None and "cache" in why  # nothing cached: says so, plans with the papers' batch
     snap = tmp_path / "hub/datasets--HuggingFaceH4--ultrafeedback_binarized/snapshots/3949bf5f"
     snap.mkdir(parents=True)
     (snap / "README.md").write_text(CARD)
-    n, why = count_pairs(repo)
+    n, why, _ = count_pairs(repo)
     assert n == 61135 and "train_prefs" in why and "dataset card" in why  # train -> the one train_* split
     info = tmp_path / "datasets/HuggingFaceH4___ultrafeedback_binarized/default/0.0.0/abc123/dataset_info.json"
     info.parent.mkdir(parents=True)

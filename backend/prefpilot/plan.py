@@ -108,30 +108,30 @@ def hub_cached_pairs(repo_id: str, split: str = "train") -> tuple[int, str, str]
     return None
 
 
-def count_pairs(dataset_path: str | None) -> tuple[int | None, str]:
-    """(number of preference pairs, how it was found) for a builtin set, a local file or a hub set whose split
-    sizes this machine has cached; (None, why) otherwise."""
+def count_pairs(dataset_path: str | None) -> tuple[int | None, str, str | None]:
+    """(number of preference pairs, how it was found, the hub split counted or None) for a builtin set, a local
+    file or a hub set whose split sizes this machine has cached; (None, why, None) otherwise."""
     if not dataset_path:
-        return None, "dataset size unknown (no dataset_path): the batch stays at the papers' 128"
+        return None, "dataset size unknown (no dataset_path): the batch stays at the papers' 128", None
     if dataset_path.startswith("builtin:"):
         from .data import builtin_files, builtin_names
         if dataset_path[8:] not in builtin_names():
-            return None, f"dataset size unknown ({dataset_path} is not a builtin set)"
+            return None, f"dataset size unknown ({dataset_path} is not a builtin set)", None
         p = builtin_files(dataset_path[8:])["train"]  # a packaged JSONL file, counted like any other
     else:
         p = Path(dataset_path).expanduser()
     if hub_dataset_id(dataset_path):
         cached = hub_cached_pairs(dataset_path)
         if cached:
-            return cached[0], cached[1]
+            return cached
         return None, (f"dataset size unknown (the split sizes of the hub set {dataset_path} are not in this machine's "
-                      "Hugging Face cache): the batch stays at the papers' 128")
+                      "Hugging Face cache): the batch stays at the papers' 128"), None
     try:
         st = p.stat()
     except OSError:
-        return None, f"dataset size unknown ({dataset_path} is not a local file)"
+        return None, f"dataset size unknown ({dataset_path} is not a local file)", None
     if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNT_BYTES:
-        return None, f"dataset size not counted ({dataset_path} is not a regular file under 1 GiB)"
+        return None, f"dataset size not counted ({dataset_path} is not a regular file under 1 GiB)", None
     suffix = p.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -149,8 +149,8 @@ def count_pairs(dataset_path: str | None) -> tuple[int | None, str]:
     except (OSError, ValueError, RecursionError, ImportError):
         n = None
     if n is None:
-        return None, f"dataset size not counted ({dataset_path}): the batch stays at the papers' 128"
-    return n, f"counted {n} pairs in {dataset_path}"
+        return None, f"dataset size not counted ({dataset_path}): the batch stays at the papers' 128", None
+    return n, f"counted {n} pairs in {dataset_path}", None
 
 
 def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct", gpu_memory_gb: float | None = None,
@@ -187,12 +187,11 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     # Batch: the papers' total of 128 pairs, shrunk for small datasets so a run still takes ~20+ optimizer steps.
     total = PAPER_TOTAL_BATCH
     if dataset_size is None:
-        dataset_size, counted = count_pairs(dataset_path)
+        dataset_size, counted, split = count_pairs(dataset_path)
         rationale.append(counted)
-    cached = hub_cached_pairs(dataset_path) if hub else None
-    if cached and cached[2] != "train":  # e.g. ultrafeedback_binarized trains on train_prefs
-        cfg["dataset_train_split"] = cached[2]
-        rationale.append(f"dataset_train_split: {cached[2]} (the set has no split called train)")
+        if split not in (None, "train"):  # e.g. ultrafeedback_binarized trains on train_prefs
+            cfg["dataset_train_split"] = split
+            rationale.append(f"dataset_train_split: {split} (the set has no split called train)")
     if dataset_size:
         while total > 8 and dataset_size / total < 20:
             total //= 2
