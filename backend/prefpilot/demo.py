@@ -72,7 +72,7 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
     from . import runs
     from .config.validate import validate
     from .diagnosis import diagnose_source
-    from .plan import plan
+    from .plan import count_pairs, plan
     from .skills import run_sync
 
     t0 = time.time()
@@ -91,8 +91,7 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
     out(f"2. model {MODEL}: {source}")
 
     # 3. plan + demo overrides
-    from .data import builtin_files
-    n_pairs = sum(1 for _ in open(builtin_files(DATASET_NAME)["train"], encoding="utf-8"))
+    n_pairs = count_pairs(DATASET)[0]  # the planner's own count, printed here
     p = plan(method=method, model=MODEL, dataset_path=DATASET, dataset_size=n_pairs, max_length=128)
     cfg = dict(p["config"])
     overrides = dict(DEMO[method], **({"max_steps": steps} if steps else {}))
@@ -166,6 +165,7 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
                 "model; keep the table's value for a real run)")
 
     # 7. held-out preference accuracy, by the model's own log-probs, before and after, on the same pairs
+    from .data import builtin_files
     from .train.data import read_rows
     from .train.evaluate import evaluate_run, plot_margins
     rows = read_rows(str(builtin_files(DATASET_NAME)["test"]))

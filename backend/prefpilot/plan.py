@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import stat
 from pathlib import Path
@@ -17,6 +16,7 @@ from .config.estimate import estimate_memory, resolve_model_size
 from .config.hardware import resolve_hardware
 from .config.validate import validate
 from .errors import PrefpilotError
+from .hfcache import hf_cache_dir
 from .skills import load_table
 
 FAMILIES = ("llama", "mistral", "zephyr", "gemma", "qwen", "smollm", "phi")
@@ -59,13 +59,6 @@ def hub_dataset_id(value: str | None, base: Path | None = None) -> bool:
                 and not ((base or Path.cwd()) / value).exists())
 
 
-def _hf_cache(env: str, sub: str) -> Path:
-    if os.environ.get(env):
-        return Path(os.environ[env]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
-    return Path(home).expanduser() / sub
-
-
 def _pick_split(splits: dict[str, int], split: str) -> tuple[str, int] | None:
     """The split asked for; else the one split whose name starts with it (train -> train_prefs)."""
     if split in splits:
@@ -80,14 +73,14 @@ def hub_cached_pairs(repo_id: str, split: str = "train") -> tuple[int, str, str]
     the dataset card's front matter in the hub cache (`dataset_info.splits`, written by the hub for most sets)."""
     import yaml
     found: list[tuple[dict[str, int], str]] = []
-    ds_root = _hf_cache("HF_DATASETS_CACHE", "datasets") / repo_id.replace("/", "___")
+    ds_root = hf_cache_dir("datasets") / repo_id.replace("/", "___")
     for info in sorted(ds_root.glob("*/*/*/dataset_info.json")):
         try:
             splits = json.loads(info.read_text(encoding="utf-8")).get("splits") or {}
             found.append(({k: int(v["num_examples"]) for k, v in splits.items()}, f"the datasets cache ({info})"))
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             continue
-    hub_root = _hf_cache("HF_HUB_CACHE", "hub") / ("datasets--" + repo_id.replace("/", "--")) / "snapshots"
+    hub_root = hf_cache_dir("hub") / ("datasets--" + repo_id.replace("/", "--")) / "snapshots"
     for card in sorted(hub_root.glob("*/README.md")):
         try:
             text = card.read_text(encoding="utf-8")

@@ -350,10 +350,8 @@ def _numbers(config: dict, method: str) -> tuple[dict, list, list]:
 
 def _hf_cached(repo_id: str) -> bool:
     """Is this hub model in the local Hugging Face cache (no import of huggingface_hub: a path check)?"""
-    import os
-    home = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
-    return (Path(home) / ("models--" + repo_id.replace("/", "--"))).is_dir()
+    from ..hfcache import hf_cache_dir
+    return (hf_cache_dir("hub") / ("models--" + repo_id.replace("/", "--"))).is_dir()
 
 
 def _model_findings(cfg: dict) -> tuple[list, list]:

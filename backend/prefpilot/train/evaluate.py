@@ -75,8 +75,6 @@ def preference_accuracy(model, tok, rows, ref_logps=None, beta: float = 0.1) -> 
 
 def evaluate_run(model_dir: str, ref_dir: str, rows: list[dict], beta: float = 0.1) -> dict:
     """Accuracy of the reference (before) and of the trained model (after) on the same held-out rows."""
-    from pathlib import Path
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(ref_dir)
     ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
