@@ -61,6 +61,20 @@ def test_zero_rewards_at_the_first_step_are_normal():
     assert f["severity"] == "error"
 
 
+def test_zero_rewards_after_a_warm_up_step_at_learning_rate_0_are_normal():
+    # a real `prefpilot demo --steps 2` run: warm-up gives step 1 a learning rate of exactly 0, so the weights
+    # step 2 is scored with are still the reference's and its rewards are exactly 0 too
+    zero = {"loss": 0.6931471824645996, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/margins": 0.0,
+            "rewards/accuracies": 0.0}
+    rows = [{"step": 1, "learning_rate": 0.0, "grad_norm": 0.981, "logps/chosen": -23.3, "logps/rejected": -24.3, **zero},
+            {"step": 2, "learning_rate": 5e-06, "grad_norm": 0.930, "logps/chosen": -24.0, "logps/rejected": -24.0,
+             **zero}]
+    assert "reference_tracks_policy" not in ids(diagnose(rows, config={"method": "dpo"}))
+    # zeros after an update at a non-zero rate are still the signature
+    rows.append({**rows[1], "step": 3})
+    assert "reference_tracks_policy" in ids(diagnose(rows, config={"method": "dpo"}))
+
+
 def test_zero_grad_with_moving_rewards_is_a_warning_and_without_them_an_error():
     moving = diagnose(row(grad_norm=0.0))
     assert {f["id"]: f for f in moving["findings"]}["no_gradient"]["severity"] == "warning"

@@ -104,10 +104,21 @@ class Ctx:
             return ep <= s["max_epoch"]
         return None
 
+    @cached_property
+    def frozen_steps(self) -> int:
+        """How many first steps left the weights unchanged: logged one by one from step 1 with learning_rate
+        exactly 0 (a warm-up that starts at 0). The step after them still scores policy == reference."""
+        n = 0
+        for row in self.hist.train:
+            if row.get("step") != n + 1 or row.get("learning_rate") != 0.0:
+                break
+            n += 1
+        return n
+
     def first_update(self, row: dict) -> bool | None:
         """Is this row the very first optimizer step (policy still equal to the reference)? None when unknown."""
         if self.step_known() and self.split == "train":
-            return row["step"] <= 1
+            return row["step"] <= 1 + self.frozen_steps
         if self.rows and row is not self.rows[0]:
             return False  # a later row comes after at least one update
         return None

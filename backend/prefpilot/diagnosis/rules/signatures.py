@@ -162,7 +162,8 @@ def reference_tracks_policy(ctx: Ctx):
     steps, rc = ctx.hist.series("rewards/chosen", ctx.split)
     if 0.0 not in rc:  # the usual case, checked in C
         return None
-    first = bisect_right(steps, 1) if ctx.step_known() and ctx.split == "train" else 0  # rows at step ≤ 1
+    # rows scored before any update: step 1, and the step after a warm-up step taken at learning rate 0
+    first = bisect_right(steps, 1 + ctx.frozen_steps) if ctx.step_known() and ctx.split == "train" else 0
     after = len(rc) - first
     share = ctx.th("reference_tracks_policy")["zero_share"]
     if rc.count(0.0) - first < share * after:  # zero only at the first step, as TRL logs it: the usual case
