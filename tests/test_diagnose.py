@@ -225,7 +225,7 @@ def test_catalogue_matches_the_skill():
     table = catalogue()["findings"]
     assert set(CATALOGUE) == set(table), "rules and findings.yaml must list the same ids"
     for fid, entry in table.items():
-        assert entry["methods"] == "all" or set(entry["methods"]) <= {"dpo", "simpo", "cpo", "orpo", "kto"}
+        assert entry["methods"] == "all" or set(entry["methods"]) <= {"dpo", "simpo", "cpo", "orpo", "kto", "unknown"}
         assert entry["kind"] in ("signature", "trend", "method") and entry["cause"] and entry["remedies"]
         assert set(entry["explain"]) == set(entry["thresholds"]), f"{fid}: every threshold needs its explanation"
     doc = (bundle_root() / "skills/mlops/preference-diagnostics/references/pathologies.md").read_text()

@@ -159,8 +159,14 @@ def test_simpo_and_cpo_told_apart_by_log_prob_scale():
     simpo = [{"step": s, "loss": 1.3, "nll_loss": 0.0, "logps/chosen": -1.1, "logps/rejected": -1.4,
               "rewards/margins": 0.6} for s in range(1, 4)]
     assert diagnose(simpo)["method"] == "simpo"
-    cpo = [{**r, "logps/chosen": -180.0, "logps/rejected": -220.0} for r in simpo]
-    assert diagnose(cpo)["method"] == "cpo"
+    cpo = [{**r, "logps/chosen": -180.0 - s, "logps/rejected": -220.0, "rewards/chosen": 0.1 * (-180.0 - s)}
+           for s, r in enumerate(simpo)]
+    assert diagnose(cpo)["method"] == "cpo"  # rewards = β × summed log-probs: reference-free, summed
+    # nll_loss with summed log-probs and nothing else is also DPO with an SFT term (rpo_alpha, ms-swift): unknown
+    ambiguous = [{k: v for k, v in r.items() if k != "rewards/chosen"} for r in cpo]
+    assert diagnose(ambiguous)["method"] == "unknown"
+    dpo_sft = [{**r, "rewards/chosen": 0.1 * s} for s, r in enumerate(ambiguous)]  # rewards move by themselves
+    assert diagnose(dpo_sft)["method"] == "dpo"
 
 
 # ----------------------------------------------------------------------------- formats

@@ -47,32 +47,98 @@ def run_config_near(path, roots=None) -> dict | None:
 
 
 METHODS = ("dpo", "simpo", "cpo", "orpo", "kto")
+UNKNOWN = "unknown"  # the evidence does not say: only the rules that hold for every method run
 # Keys only one trainer logs: how a pasted log tells which trainer wrote it.
 ORPO_KEYS = {"log_odds_ratio", "log_odds_chosen", "odds_ratio_loss"}
 PREFERENCE_KEYS = {"rewards/margins", "rewards/accuracies", "rewards/chosen", "logps/chosen"}
+_CODE_METHODS = {"dpo", "orpo", "kto", "cpo", "simpo"}
+
+
+def _ratio_test(hist: History):
+    """Are the rewards β × the policy's own log-probs (reference-free: SimPO/CPO/ORPO), or relative to a reference
+    (DPO/KTO)? Returns ("free", β, per_token) or ("reference", None, None) or None when the log cannot tell."""
+    for split in ("train", "eval"):
+        _, rows = None, hist.train if split == "train" else hist.eval
+        pairs = [(r["rewards/chosen"], r["logps/chosen"]) for r in rows
+                 if "rewards/chosen" in r and "logps/chosen" in r and math.isfinite(r["rewards/chosen"])
+                 and math.isfinite(r["logps/chosen"]) and r["logps/chosen"] != 0]
+        if len(pairs) < 3:
+            continue
+        ratios = sorted(rc / lp for rc, lp in pairs)
+        med = ratios[len(ratios) // 2]
+        spread = max(abs(x - med) for x in ratios)
+        if med > 0 and spread <= 0.02 * med:
+            logps = sorted(abs(lp) for _, lp in pairs)
+            return "free", med, logps[len(logps) // 2] < 10
+        if med <= 0 or spread > 0.2 * abs(med):
+            return "reference", None, None
+    return None
+
+
+def _one(values) -> str | None:
+    vals = set(values or [])
+    return vals.pop() if len(vals) == 1 else None
 
 
 def detect_method(hist: History, config: dict | None, method: str | None) -> tuple[str, str]:
-    """(method, how it was decided). The config or the caller wins; else the logged keys decide."""
+    """(method, how it was decided). The caller or the config wins; else the evidence in the log decides, and
+    with no real evidence the method is "unknown" (never a guess: method-specific rules would then judge the run
+    on the wrong scale)."""
     if method:
         return method, "given"
     if config and config.get("method") in METHODS:
         return config["method"], "config"
-    used = set(hist.info.get("used_keys", []))
+    info = hist.info
+    used = set(info.get("used_keys", []))
+    hints = info.get("hints", {})
     if used & ORPO_KEYS:
         return "orpo", f"logged keys ({', '.join(sorted(used & ORPO_KEYS))}: ORPO)"
-    if "kl" in used:
-        return "kto", "logged keys (kl: KTO)"
-    if "nll_loss" in used:
-        # SimPO (CPO trainer, loss_type simpo) logs per-token average log-probs; plain CPO sums them
+    if "kl" in used and used & {"rewards/chosen", "rewards/rejected", "logps/chosen"}:
+        return "kto", "logged keys (kl beside the rewards: KTO)"
+    where = "the notebook's code" if "notebook" in str(info.get("format")) else "the code in the file"
+    trainers = set(hints.get("trainers", [])) & _CODE_METHODS
+    if len(trainers) == 1:
+        m = trainers.pop()
+        if m == "cpo" and _one(hints.get("loss_type")) == "simpo":
+            return "simpo", f"{where} (CPOTrainer with loss_type='simpo')"
+        return m, f"{where} ({m.upper()}Trainer/{m.upper()}Config)"
+    ratio = _ratio_test(hist)
+    if ratio and ratio[0] == "free":
+        info["beta_from_log"] = ratio[1]
+        how = f"rewards = {ratio[1]:.3g} × the policy's {'per-token' if ratio[2] else 'summed'} log-probs (no " \
+              "reference model)"
+        tagged = _one(list(hints.get("tags", [])) + list(hints.get("title", [])))
+        if tagged in ("orpo", "simpo", "cpo"):
+            return tagged, f"{how}, and the card names {tagged.upper()}"
+        if not ratio[2]:
+            return "cpo", f"{how}: CPO"
+        if "nll_loss" in used:
+            return "simpo", f"{how} with nll_loss: SimPO through TRL's CPO trainer"
+        return UNKNOWN, f"{how}: SimPO or ORPO, and nothing else in the file says which"
+    if ratio and ratio[0] == "reference":
+        extra = " (nll_loss too: an SFT term such as rpo_alpha; nll_loss alone does not make a run CPO)" \
+            if "nll_loss" in used else ""
+        return "dpo", f"rewards move relative to a reference model, not with the policy's log-probs: DPO{extra}"
+    if "nll_loss" in used and "logps/chosen" in used:
         _, lp = hist.series("logps/chosen", "train") if hist.train else hist.series("logps/chosen", "eval")
         finite = sorted(abs(v) for v in lp if math.isfinite(v))
-        if finite and finite[len(finite) // 2] > 10:
-            return "cpo", "logged keys (nll_loss with summed log-probs: CPO)"
-        return "simpo", "logged keys (nll_loss with per-token log-probs: SimPO via TRL's CPO trainer)"
-    if used & PREFERENCE_KEYS or {"ref_logps/chosen", "ref_logps/rejected"} & used:
-        return "dpo", "logged keys (rewards/logps without nll_loss, kl or odds ratios: DPO)"
-    return "dpo", "assumed: no method-specific keys were logged"
+        if finite and finite[len(finite) // 2] < 10:  # DPO (even with an SFT term) logs summed log-probs
+            return "simpo", "logged keys (nll_loss with per-token log-probs and no odds ratios: SimPO through " \
+                            "TRL's CPO trainer)"
+    trl_spelled = not set(info.get("aliases", {}).values()) & PREFERENCE_KEYS
+    if used & PREFERENCE_KEYS and "nll_loss" not in used and trl_spelled:
+        return "dpo", ("logged keys (TRL's rewards/logps without nll_loss, kl or odds ratios: TRL's other preference "
+                       "trainers each log one of those)")
+    tagged = _one(list(hints.get("tags", [])) + list(hints.get("title", [])))
+    if tagged:
+        return tagged, f"the model card's tags/title ({tagged})"
+    code_loss = _one(hints.get("loss_type"))
+    if code_loss and len(set(hints.get("trainers", []))) == 0 and code_loss == "simpo":
+        return "simpo", f"{where} (loss_type='simpo')"
+    logged = sorted(used & (PREFERENCE_KEYS | {"loss", "nll_loss"}))
+    return UNKNOWN, ("no method-specific keys, code, tags or reward scale in the file" +
+                     (f" (logged: {', '.join(logged)})" if logged else "") +
+                     "; pass --method or --config to run that method's checks")
 
 
 def _check_remedies(findings: list[dict], cfg: dict) -> None:
@@ -120,7 +186,10 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
     if method is not None and method not in METHODS:
         raise PrefpilotError(f"method {method!r}: use one of {', '.join(METHODS)}", code="bad_method")
     method, method_source = detect_method(hist, config, method)
-    if method_source != "config" and method_source != "given":
+    if method == UNKNOWN:
+        info.setdefault("notes", []).append(f"method unknown: {method_source}; only the checks that hold for any "
+                                            "method ran")
+    elif method_source not in ("config", "given"):
         info.setdefault("notes", []).append(f"method: {method}, from the {method_source}")
 
     cfg = dict(config or {})
@@ -145,7 +214,7 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
     ran = []
     for fid, rule in CATALOGUE.items():
         applies = table["findings"][fid]["methods"]
-        if applies != "all" and method not in applies:
+        if applies != "all" and method not in applies:  # "unknown" is listed by the rules that hold for any method
             continue
         ran.append(fid)
         try:
@@ -187,7 +256,8 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
         report["to_decide"] = ctx.found["too_few_points"]["explanation"]
     else:
         report["verdict"] = "healthy"
-        report["summary"] = f"healthy: none of the {len(ran)} {method.upper()} checks fired over {num(last_step)} steps"
+        which = "method-independent" if method == UNKNOWN else method.upper()
+        report["summary"] = f"healthy: none of the {len(ran)} {which} checks fired over {num(last_step)} steps"
         noted = [f["id"] for f in findings]
         if noted:
             report["summary"] += " (" + ", ".join(noted) + " noted)"
@@ -216,4 +286,4 @@ def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=Non
     return report
 
 
-__all__ = ["diagnose", "diagnose_source", "detect_method", "load_history", "History", "catalogue", "METHODS"]
+__all__ = ["diagnose", "diagnose_source", "detect_method", "load_history", "History", "catalogue", "METHODS", "UNKNOWN"]

@@ -12,10 +12,7 @@ kept), with ``step``.
 """
 from __future__ import annotations
 
-import ast
-import csv
 import gc
-import io
 import json
 import math
 import os
@@ -41,17 +38,20 @@ BOOKKEEPING = {"num_tokens", "mean_token_accuracy",
                "steps_per_second", "num_input_tokens_seen", "timestamp", "_runtime", "_timestamp", "time",
                "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
                "total_steps", "percentage", "elapsed_time", "remaining_time", "throughput", "total_tokens",
-               "predict_loss", "reward", "aux_loss"}
+               "predict_loss", "reward", "aux_loss",
+               # mlx_lm, ms-swift, OpenRLHF, W&B
+               "it/sec", "tokens/sec", "trained_tokens", "peak_mem", "took", "memory(gib)", "train_speed(iter/s)",
+               "_wandb", "examples_per_second", "counters/examples", "counters/updates", "epoch/num_epochs"}
 
 _ALIASES = {
     "rewards/margins": ["reward_margin", "reward_margins", "rewards_margin", "rewards_margins", "margin",
                         "margins", "rewards/margin", "reward/margin", "reward/margins", "reward_diff"],
     "rewards/accuracies": ["reward_accuracy", "reward_accuracies", "rewards_accuracy", "rewards_accuracies",
                            "rewards/accuracy", "reward/accuracy", "accuracy", "acc", "preference_accuracy",
-                           "pref_accuracy", "pref_acc"],
+                           "pref_accuracy", "pref_acc", "acc_mean", "reward_acc", "rewards/acc", "accuracies"],
     "rewards/chosen": ["chosen_reward", "chosen_rewards", "reward_chosen", "rewards_chosen", "reward/chosen"],
     "rewards/rejected": ["rejected_reward", "rejected_rewards", "reward_rejected", "rewards_rejected",
-                         "reward/rejected"],
+                         "reward/rejected", "reject_reward", "reject_rewards", "rewards/reject"],
     "logps/chosen": ["policy_chosen_logps", "policy_chosen_logprobs", "policy_chosen_logp", "chosen_logps",
                      "chosen_logprobs", "chosen_logp", "logps_chosen", "logprobs/chosen", "logprobs_chosen",
                      "logp/chosen", "policy_logps/chosen"],
@@ -62,30 +62,49 @@ _ALIASES = {
                          "ref_chosen_logprobs", "ref_logps_chosen", "ref_logprobs/chosen"],
     "ref_logps/rejected": ["reference_rejected_logps", "reference_rejected_logprobs", "ref_rejected_logps",
                            "ref_rejected_logprobs", "ref_logps_rejected", "ref_logprobs/rejected"],
-    "loss": ["dpo_loss", "simpo_loss", "pref_loss", "preference_loss", "total_loss"],
+    "loss": ["dpo_loss", "simpo_loss", "pref_loss", "preference_loss", "total_loss", "loss_mean", "orpo_total_loss"],
     "grad_norm": ["gradient_norm", "grad-norm", "gnorm", "grad_norm_total", "total_norm"],
     "learning_rate": ["lr"],
     "nll_loss": ["sft_loss", "nll"],
     "odds_ratio_loss": ["or_loss", "orpo_loss"],
     "step": ["global_step", "iteration", "iter", "it", "steps", "_step", "train/global_step", "trainer/global_step",
-             "current_steps"],
+             "current_steps", "global_step/max_steps"],
 }
 ALIAS = {a: canon for canon, names in _ALIASES.items() for a in names}
 KNOWN = set(METRICS) | {"step"}
 
 
+_INFIX = re.compile(r"^([a-z]+)_(train|eval|valid|val|test)/(.+)$")   # the DPO repo's rewards_train/chosen
+_SUFFIX = re.compile(r"^(.+)/(train|eval|valid|val|test)$")            # and its loss/train
+_EVAL_SPLITS = ("eval", "valid", "val", "test")
+
+
 @lru_cache(maxsize=4096)
 def canonical(name: str) -> tuple[str, str | None]:
-    """(split, canonical name or None): split is "train" or "eval"; None means not a metric we know."""
-    n = str(name).strip().lower().replace(" ", "_")
+    """(split, canonical name or None): split is "train" or "eval"; None means not a metric we know.
+
+    The one place that knows spellings: case, spaces, `rewards / chosen` vs `rewards/chosen`, `train/` and
+    `eval/` prefixes, `Train Loss`, W&B's `run name - train/loss` CSV headings, the DPO repo's
+    `rewards_train/chosen` and `loss/eval`, and the aliases above."""
+    n = str(name).strip().lower()
+    if " - " in n:  # a W&B panel export heads each column "<run name> - <metric>"
+        n = n.rsplit(" - ", 1)[1]
+    if n.endswith(("__min", "__max", "__step")):  # W&B's min/max bands beside each exported series
+        return "train", None
+    n = re.sub(r"\s*/\s*", "/", n).replace(" ", "_")
     split = "train"
-    for pre in ("eval/", "eval_", "validation/", "val_", "valid/"):
+    for pre in ("eval/", "eval_", "validation/", "validation_", "val/", "val_", "valid/", "valid_", "test/"):
         if n.startswith(pre) and n != "eval_runtime":
             split, n = "eval", n[len(pre):]
             break
     else:
         if n.startswith("train/"):
             n = n[len("train/"):]
+    if n not in KNOWN and n not in ALIAS:
+        m = _INFIX.match(n) or _SUFFIX.match(n)
+        if m:
+            split = "eval" if m.group(2) in _EVAL_SPLITS else split
+            n = f"{m.group(1)}/{m.group(3)}" if m.re is _INFIX else m.group(1)
     for candidate in (n, n[len("train_"):] if n.startswith("train_") else None):
         if candidate is None:
             continue
@@ -141,175 +160,19 @@ class History:
 
 
 # ----------------------------------------------------------------------------- readers
-_DICT = re.compile(r"\{[^{}]*\}")
-_KV = re.compile(r"([A-Za-z_][\w/.\-]*)\s*[=:]\s*(\"?[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\"?|nan|inf|-inf)(?=[\s,;|)]|$)",
-                 re.I)
-_BARE = re.compile(r"(?<![\w'\"])(-?inf|nan)(?![\w'\"])")
-
-
-def _literal_dict(text: str):
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        try:  # Python's repr: single quotes, bare nan/inf
-            obj = ast.literal_eval(_BARE.sub(r"'\1'", text))
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return None
-    return obj if isinstance(obj, dict) else None
-
-
-# what may precede a logged dict on its line: "15 {...}", "step 15: {...}", or a tqdm bar "| 15/200 [00:30<..]"
-_STEP_PREFIX = re.compile(r"(?:^|\s)(?:step\s*)?(\d+)\s*[:|\-]?\s*$", re.I)
-_TQDM_COUNT = re.compile(r"\|\s*(\d+)/\d+\s*\[[^\]]*\]\s*$")
-
-
-def _prefix_step(prefix: str):
-    m = _TQDM_COUNT.search(prefix) or _STEP_PREFIX.search(prefix)
-    return int(m.group(1)) if m else None
-
-
-def _console_rows(text: str, info: dict) -> list[dict]:
-    rows, ignored = [], []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        found = False
-        for m in _DICT.finditer(line):
-            d = _literal_dict(m.group(0))
-            if d:
-                if not any(canonical(k)[1] == "step" for k in d):
-                    step = _prefix_step(line[:m.start()])
-                    if step is not None:
-                        d["step"] = step
-                rows.append(d)
-                found = True
-        if not found:
-            pairs = _KV.findall(line)
-            d = {k: v.strip('"') for k, v in pairs}
-            if len(d) >= 2 and any(canonical(k)[1] not in (None, "step") for k in d):
-                rows.append(d)
-                found = True
-        if not found:
-            ignored.append(line.strip())
-    info["ignored_lines"] = len(ignored)
-    info["ignored_examples"] = [s[:120] for s in ignored[:3]]
-    return rows
-
-
-def _csv_head(text: str) -> tuple[str, str]:
-    """The header line and the delimiter it uses most (tab, comma or semicolon)."""
-    head = text.lstrip().split("\n", 1)[0]
-    return head, max(("\t", ",", ";"), key=head.count)
-
-
-def _csv_rows(text: str) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(text.lstrip()), delimiter=_csv_head(text)[1]))
-
-
-def _looks_like_csv(text: str) -> bool:
-    head, delim = _csv_head(text)
-    if head.count(delim) < 1 or "{" in head:
-        return False
-    cols = [c.strip().strip('"') for c in head.split(delim)]
-    return any(canonical(c)[1] for c in cols) and not any(_NUM.fullmatch(c) for c in cols if c)
-
-
-# ----------------------------------------------------------------------------- tables
-_MD_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_CELL_SPLIT = re.compile(r"\t|\s{2,}")
-_MISSING = {"", "no log", "-", "—", "none", "null", "n/a"}
-
-
-def _table_column(h: str) -> str:
-    """A column heading of transformers' tables -> a key normalise_rows understands.
-
-    In the notebook table and the model card's "Training results", only "Training Loss" is a training
-    metric: every other metric column holds the evaluation results of that row.
-    """
-    n = re.sub(r"\s*/\s*", "/", h.strip()).lower().replace(" ", "_")
-    if n in ("training_loss", "train_loss"):
-        return "loss"
-    if n in ("validation_loss", "eval_loss", "val_loss"):
-        return "eval_loss"
-    if n in ("step", "epoch"):
-        return n
-    return "eval_" + n
-
-
-def _table_rows(text: str, info: dict) -> list[dict] | None:
-    """Rows of a Markdown table (model card "Training results") or a notebook table, or None if there is none."""
-    lines = [ln.rstrip() for ln in text.splitlines()]
-    for i, ln in enumerate(lines[1:], 1):  # Markdown: a header line, then |---|---|
-        if _MD_SEP.match(ln) and lines[i - 1].strip().startswith("|"):
-            head = [c.strip() for c in lines[i - 1].strip().strip("|").split("|")]
-            body = []
-            for row in lines[i + 1:]:
-                if not row.strip().startswith("|"):
-                    break
-                body.append([c.strip() for c in row.strip().strip("|").split("|")])
-            info["format"] = "markdown table (model card)"
-            return _cells_to_rows(head, body)
-    for i, ln in enumerate(lines):  # notebook: "Step  Training Loss  Validation Loss  Rewards/chosen ..."
-        cells = [c.strip() for c in _CELL_SPLIT.split(ln.strip()) if c.strip()]
-        low = [c.lower() for c in cells]
-        if "step" in low and any(c in low for c in ("training loss", "validation loss", "epoch")):
-            body = []
-            for row in lines[i + 1:]:
-                vals = [c.strip() for c in _CELL_SPLIT.split(row.strip()) if c.strip()]
-                if not vals:
-                    continue
-                if len(vals) != len(cells) or to_float(vals[0]) is None:
-                    break
-                body.append(vals)
-            if body:
-                info["format"] = "notebook table"
-                return _cells_to_rows(cells, body)
-    return None
-
-
-def _cells_to_rows(head: list[str], body: list[list[str]]) -> list[dict]:
-    cols = [_table_column(h) for h in head]
-    out = []
-    for cells in body:
-        out.append({c: v for c, v in zip(cols, cells) if v.strip().lower() not in _MISSING})
-    return out
-
-
-_CARD_ITEM = re.compile(r"^\s*[-*]\s*([A-Za-z][\w/ .()-]*?)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)\s*$",
-                        re.I)
-
-
-def _card_results(text: str, info: dict) -> list[dict] | None:
-    """A model card's "results on the evaluation set" list (one eval row) and its hyperparameters list."""
-    results, hyper, where = {}, {}, None
-    for ln in text.splitlines():
-        low = ln.lower()
-        if "results on the evaluation set" in low:
-            where = results
-            continue
-        if "hyperparameters were used" in low:
-            where = hyper
-            continue
-        if ln.strip().startswith("#"):
-            where = None
-            continue
-        m = _CARD_ITEM.match(ln)
-        if m and where is not None:
-            where[m.group(1).strip()] = m.group(2)
-    if hyper:
-        info["hyperparameters"] = {k.strip().lower().replace(" ", "_"): to_float(v) for k, v in hyper.items()
-                                   if to_float(v) is not None}
-    if not results:
-        return None
-    info["format"] = "model card results list"
-    return [{_table_column(k): v for k, v in results.items()}]
-
-
 def _from_json_obj(obj, info: dict) -> list[dict]:
+    from . import blocks
     if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):
         info["format"] = "trainer_state.json"
         return obj["log_history"]
+    if isinstance(obj, dict) and isinstance(obj.get("cells"), list) and "nbformat" in obj:
+        return blocks.best(blocks.notebook_blocks(obj, info.setdefault("hints", {})), info,
+                           info.get("source") or "the notebook")
     if isinstance(obj, dict):
+        lists = {k: v for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        if lists and not any(canonical(k)[1] for k in obj):  # {"history": [{...}, ...]}: the lists are the blocks
+            return blocks.best([blocks.Block("list of dicts", f"key '{k}'", v) for k, v in lists.items()], info,
+                               info.get("source") or "the JSON")
         info["format"] = "metrics dict"
         return [obj]
     if isinstance(obj, list):
@@ -319,7 +182,38 @@ def _from_json_obj(obj, info: dict) -> list[dict]:
                          code="unreadable_history")
 
 
+def _jsonl_rows(s: str, info: dict) -> list[dict] | None:
+    """Rows of a JSONL text (one dict per line), or None when it is not one."""
+    try:  # one parse of the whole file as an array: ~30% faster than a json.loads per line
+        rows = json.loads("[" + s.replace("\n", ",") + "]")
+        if all(isinstance(r, dict) for r in rows):
+            info["format"] = "jsonl"
+            return rows
+    except (ValueError, RecursionError):
+        pass  # blank, junk or half-written lines: go line by line
+    from .blocks import literal_dict
+    lines = [ln for ln in s.splitlines() if ln.strip()]
+    rows, bad = [], 0
+    for ln in lines:
+        try:
+            obj = json.loads(ln)
+        except (ValueError, RecursionError):
+            obj = literal_dict(ln.strip())
+        if isinstance(obj, dict):
+            rows.append(obj)
+        else:
+            bad += 1
+    if rows and bad <= len(lines) // 2:
+        info["format"] = "jsonl"
+        info["ignored_lines"] = bad
+        return rows
+    return None
+
+
 def rows_from_text(text: str, info: dict) -> list[dict]:
+    """The rows of a text: JSON and JSONL directly (the fast path for long runs), anything else through the
+    candidate blocks of blocks.py, the best of which is used."""
+    from . import blocks
     s = text.strip()
     if not s:
         raise PrefpilotError("the metrics are empty: pass metrics.jsonl, trainer_state.json, a CSV or pasted log",
@@ -334,48 +228,30 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
                 from None
     head = [ln for ln in s[:4096].splitlines() if ln.strip()][:5]
     if head and all(ln.lstrip().startswith("{") for ln in head):
-        try:  # one parse of the whole file as an array: ~30% faster than a json.loads per line
-            rows = json.loads("[" + s.replace("\n", ",") + "]")
-            if all(isinstance(r, dict) for r in rows):
-                info["format"] = "jsonl"
-                return rows
-        except (ValueError, RecursionError):
-            pass  # blank, junk or half-written lines: go line by line
-        lines = [ln for ln in s.splitlines() if ln.strip()]
-        rows, bad = [], 0
-        for ln in lines:
-            try:
-                obj = json.loads(ln)
-            except (ValueError, RecursionError):
-                obj = _literal_dict(ln.strip())
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
-                bad += 1
-        if rows and bad <= len(lines) // 2:
-            info["format"] = "jsonl"
-            info["ignored_lines"] = bad
+        rows = _jsonl_rows(s, info)
+        if rows is not None:
             return rows
-    table = _table_rows(s, info)
-    if table:
-        final = _card_results(s, info)  # the card's final results and hyperparameters come with its table
-        if final and table[-1].keys() >= final[0].keys() and \
-                all(to_float(table[-1][k]) == to_float(v) for k, v in final[0].items()):
-            final = None  # the table's last row is the final evaluation already
-        if final:
-            last = max((to_float(r.get("step")) or 0 for r in table), default=0)
-            epochs = info.get("hyperparameters", {}).get("num_epochs")
-            table.append({**final[0], "step": last + 1, **({"epoch": epochs} if epochs else {})})
-            info["notes"].append("the card's final evaluation results are placed after the table's last row")
-        return table
-    if _looks_like_csv(s):
-        info["format"] = "csv/tsv"
-        return _csv_rows(s)
-    card = _card_results(s, info)
-    if card:
-        return card
-    info["format"] = "console log"
-    return _console_rows(s, info)
+    hints = info.setdefault("hints", {})
+    found = blocks.text_blocks(s, "", hints)
+    rows = blocks.best(found, info, info.get("source") or "the input")
+    if info["format"] == "markdown table":
+        card = next((b for b in found if b.kind == "model card results list"), None)
+        _append_card_results(rows, card.rows[0] if card else None, info)
+    return rows
+
+
+def _append_card_results(table: list[dict], final: dict | None, info: dict) -> None:
+    """A model card's final evaluation results go after its table, unless the last row already is them."""
+    if not final or not table:
+        return
+    if table[-1].keys() >= final.keys() and all(to_float(table[-1][k]) == to_float(v) for k, v in final.items()):
+        return
+    if final in table:
+        return  # already joined as a block of its own
+    last = max((to_float(r.get("step")) or 0 for r in table), default=0)
+    epochs = info.get("hyperparameters", {}).get("num_epochs")
+    table.append({**final, "step": last + 1, **({"epoch": epochs} if epochs else {})})
+    info["notes"].append("the card's final evaluation results are placed after the table's last row")
 
 
 TFEVENTS = "events.out.tfevents"

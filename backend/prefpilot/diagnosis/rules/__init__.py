@@ -28,7 +28,7 @@ DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "cpo": 0.1, "orpo": 0.1, "kto": 0.1}
 @dataclass
 class Ctx:
     hist: History
-    method: str                 # "dpo" | "simpo" | "cpo" | "orpo" | "kto"
+    method: str                 # "dpo" | "simpo" | "cpo" | "orpo" | "kto" | "unknown"
     cfg: dict                   # the run's (normalised) config, or {} when none was given
     table: dict                 # findings.yaml
     found: dict = field(default_factory=dict)   # id -> finding, for rules that defer to earlier ones
@@ -48,6 +48,9 @@ class Ctx:
         card = self.hist.info.get("hyperparameters", {}).get("learning_rate")
         if card:
             return float(card), "model card hyperparameters"
+        code = _one_value(self.hist.info.get("hints", {}).get("learning_rate"))
+        if code:
+            return code, "the learning_rate written in the file's code"
         _, logged = self.finite("learning_rate", "train")
         if logged and max(logged) > 0:
             return max(logged), "logged learning_rate (peak)"
@@ -58,6 +61,12 @@ class Ctx:
         v = self.cfg.get("beta")
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
             return float(v), self.sources.get("beta", "config")
+        code = _one_value(self.hist.info.get("hints", {}).get("beta"))
+        if code:
+            return code, "the beta written in the file's code"
+        logged = self.hist.info.get("beta_from_log")
+        if logged:
+            return float(f"{logged:.3g}"), "the log (rewards / log-probs)"
         d = DEFAULT_BETA.get(self.method, 0.1)
         who = "the SimPO paper's" if self.method == "simpo" else "TRL's"
         return d, f"{who} default (assumed: no config given)"
@@ -122,6 +131,12 @@ class Ctx:
         if self.rows and row is not self.rows[0]:
             return False  # a later row comes after at least one update
         return None
+
+
+def _one_value(values) -> float | None:
+    """The value when the file states exactly one (a notebook that sweeps several says nothing)."""
+    vals = {v for v in values or [] if isinstance(v, float) and v > 0}
+    return vals.pop() if len(vals) == 1 else None
 
 
 def sig(x: float) -> float:

@@ -80,6 +80,15 @@ def chance_accuracy(ctx: Ctx):
                    "learning rate.", remedies)
 
 
+def _margin_floor(ctx: Ctx, t: dict) -> float:
+    """How far below zero the mean margin must be, on the method's own scale."""
+    if ctx.method in ("orpo", "simpo"):  # rewards are β × mean per-token log-probs: tiny numbers for ORPO's β 0.1
+        return ctx.beta[0] * t["per_token_gap_below"]
+    if ctx.method == "unknown":
+        return 0.0  # the scale is unknown: the sign and the accuracy must both say it
+    return t["mean_margin_below"]
+
+
 def negative_margin(ctx: Ctx):
     got = _past_warmup(ctx, "negative_margin", "rewards/margins")
     if got is None:
@@ -89,18 +98,27 @@ def negative_margin(ctx: Ctx):
     m = mean(marg)
     _, acc = ctx.post("rewards/accuracies")
     acc_m = mean(acc) if acc else None
-    if not (m <= t["mean_margin_below"]
-            and (neg >= t["negative_fraction"] or (acc_m is not None and acc_m < t["accuracy_below"]))):
+    zero_acc = sum(1 for v in acc if v == 0.0) / len(acc) if acc else 0.0
+    floor = _margin_floor(ctx, t)
+    low_acc = acc_m is not None and acc_m < t["accuracy_below"]
+    if ctx.method == "unknown":
+        fires = m < floor and neg >= t["negative_fraction"] and (acc_m is None or acc_m < 0.5)
+    else:
+        fires = m <= floor and (neg >= t["negative_fraction"] or low_acc)
+    # accuracy exactly 0 at most points: every pair ranked the wrong way, whatever the margins' scale
+    fires = fires or (m < 0 and zero_acc >= t["zero_accuracy_share"])
+    if not fires:
         return None
     remedies = [remedy(ctx, {}, "check the data: are chosen and rejected swapped (a column mapping, a "
                                 "preference label read backwards)?")]
     remedies += _robust_remedy(ctx, 0.2, "if only part of the labels is flipped, robust DPO discounts them")
-    ev = {"share_negative": neg, "mean_margin": m}
+    ev = {"share_negative": neg, "mean_margin": m, "margin_threshold": floor}
     if acc_m is not None:
-        ev["mean_accuracy"] = acc_m
+        ev.update(mean_accuracy=acc_m, share_accuracy_zero=zero_acc)
     return finding(ctx, "negative_margin", [steps[0], steps[-1]], ev,
-                   f"Margins are below zero at {neg:.0%} of the logged points past warm-up (mean {m:.3g}): the "
-                   "model is learning to prefer the rejected answers. Usually swapped labels.", remedies)
+                   f"Margins are below zero at {neg:.0%} of the logged points past warm-up (mean {m:.3g})"
+                   + (f" and accuracy is exactly 0 at {zero_acc:.0%} of them" if zero_acc else "")
+                   + ": the model is learning to prefer the rejected answers. Usually swapped labels.", remedies)
 
 
 def _edges(ctx: Ctx, key: str):

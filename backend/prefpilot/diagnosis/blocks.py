@@ -1,0 +1,539 @@
+"""Find every block of metrics in whatever holds a log, and pick the one that is the training log.
+
+Users hand over what they have: a saved notebook, a model card with five tables, an issue paste, a W&B
+summary, mlx_lm's ``Iter N:`` lines. Instead of one reader per file type, each container is cut into
+candidate blocks (every Markdown/HTML/text table, the console lines, the ``name value`` summary lines,
+a card's results list), each block is scored by the preference metrics it carries (names go through the
+one alias table, :func:`parse.canonical`), and the best is used. The report says which block was used,
+where it sat and what was skipped. A new log shape is a pattern here or an alias in parse.py, not a new
+branch in the caller.
+
+Hints for telling the method apart (trainer classes in a notebook's code, ``loss_type=``, a card's tags)
+are collected on the way; :func:`prefpilot.diagnosis.detect_method` weighs them.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+from ..errors import PrefpilotError
+from .parse import canonical, to_float
+
+# How much a metric tells about a preference run: rewards/log-probs/odds identify one, a loss is generic.
+_WEIGHT = {"loss": 2, "grad_norm": 1, "learning_rate": 1, "entropy": 1, "logits/chosen": 1, "logits/rejected": 1,
+           "epoch": 0, "step": 0}
+_PREF_WEIGHT = 3
+
+
+@dataclass
+class Block:
+    kind: str                       # the format, as the report names it ("notebook HTML table", "console log", ...)
+    where: str                      # where it sat ("cell 14, text/html", "table 3 under '## Training results'")
+    rows: list = field(default_factory=list)    # raw dicts, keys as written
+    notes: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)    # reader details (ignored lines, hyperparameters)
+
+    def metrics(self) -> set:
+        """Canonical names of the metrics the block carries (a sample of rows: blocks have one shape)."""
+        rows = self.rows if len(self.rows) <= 400 else self.rows[:200] + self.rows[-200:]
+        names = set()
+        for r in rows:
+            if isinstance(r, dict):
+                for k in r:
+                    n = canonical(k)[1]
+                    if n is not None:
+                        names.add(n)
+        return names
+
+    def score(self) -> float:
+        m = self.metrics() - {"step", "epoch"}
+        if not m:
+            return 0.0
+        weight = sum(_WEIGHT.get(n, _PREF_WEIGHT) for n in m)
+        return weight * math.log2(1 + len(self.rows))
+
+    def describe(self) -> str:
+        return f"{self.kind} ({len(self.rows)} rows) at {self.where}"
+
+
+# ----------------------------------------------------------------------------- hints
+_TRAINER = re.compile(r"\b(DPO|ORPO|KTO|CPO|SimPO|BCO|IPO)(?:Trainer|Config)\s*\(")
+_LOSS_TYPE = re.compile(r"""\bloss_type\s*[=:]\s*\[?\s*["']([a-z_]+)["']""")
+_NUM_ASSIGN = r"""\b{key}\s*[=:]\s*["']?([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\b"""
+_BETA = re.compile(_NUM_ASSIGN.format(key="beta"))
+_LR = re.compile(_NUM_ASSIGN.format(key="learning_rate"))
+_TAGS = re.compile(r"^tags:\s*\n((?:\s*-\s*.+\n)+)", re.M)
+_TAG_METHODS = {"dpo", "orpo", "kto", "simpo", "cpo"}
+
+
+def code_hints(text: str, hints: dict) -> None:
+    """Trainer classes, loss_type, beta and learning_rate written in code (a notebook's cells, a pasted script)."""
+    for m in _TRAINER.finditer(text):
+        hints.setdefault("trainers", []).append(m.group(1).lower())
+    for pattern, key in ((_LOSS_TYPE, "loss_type"), (_BETA, "beta"), (_LR, "learning_rate")):
+        for m in pattern.finditer(text):
+            v = m.group(1) if key == "loss_type" else to_float(m.group(1))
+            if v is not None:
+                hints.setdefault(key, []).append(v)
+
+
+def card_hints(text: str, hints: dict) -> None:
+    """A model card's front-matter tags (``- dpo``) and the method names in its title."""
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        m = _TAGS.search(text[:end if end > 0 else 4096] + "\n")
+        if m:
+            tags = {t.strip().strip("-").strip().strip("'\"").lower() for t in m.group(1).splitlines()}
+            hints.setdefault("tags", []).extend(sorted(tags & _TAG_METHODS))
+    title = next((ln for ln in text.splitlines() if ln.startswith("# ")), "")
+    for meth in _TAG_METHODS:
+        if re.search(rf"(?<![a-z]){meth}(?![a-z])", title.lower()):
+            hints.setdefault("title", []).append(meth)
+
+
+# ----------------------------------------------------------------------------- tables
+_MD_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+_CELL_SPLIT = re.compile(r"\t|\s{2,}")
+MISSING = {"", "no log", "-", "—", "none", "null", "n/a", "nan%"}
+_TRAIN_LOSS = {"training_loss", "train_loss", "loss", "train/loss"}
+_EVAL_LOSS = {"validation_loss", "eval_loss", "val_loss", "valid_loss", "eval/loss", "validation/loss"}
+
+
+def _norm_head(h: str) -> str:
+    h = h.strip().strip('"')
+    if " - " in h:  # W&B's panel export: "<run name> - train/loss"
+        h = h.rsplit(" - ", 1)[1]
+    return re.sub(r"\s*/\s*", "/", h.strip()).lower().replace(" ", "_")
+
+
+def table_columns(head: list[str]) -> list[str]:
+    """Column headings -> keys :func:`parse.canonical` understands.
+
+    transformers' notebook table and a model card's "Training results" put the evaluation next to the training
+    loss: with a validation-loss column, every other metric column is an evaluation result. Without one (TRL's
+    and Unsloth's training tables), the columns are training metrics.
+    """
+    norm = [_norm_head(h) for h in head]
+    has_eval = any(n in _EVAL_LOSS for n in norm)
+    out = []
+    for n in norm:
+        if n in _TRAIN_LOSS:
+            out.append("loss")
+        elif n in _EVAL_LOSS:
+            out.append("eval_loss")
+        elif n in ("step", "epoch", "steps", "global_step", "iter", "iteration") or n.startswith(("train", "eval",
+                                                                                                "val")):
+            out.append(n)
+        else:
+            out.append("eval_" + n if has_eval else n)
+    return out
+
+
+def _cells_to_rows(head: list[str], body: list[list[str]]) -> list[dict]:
+    cols = table_columns(head)
+    return [{c: v.replace(",", "") if c in ("step", "steps") else v for c, v in zip(cols, cells)
+             if v.strip().lower() not in MISSING} for cells in body]
+
+
+def _heading_before(lines: list[str], i: int) -> str | None:
+    for j in range(i - 1, max(-1, i - 60), -1):
+        s = lines[j].strip()
+        if s.startswith("#"):
+            return s
+    return None
+
+
+def markdown_tables(lines: list[str], where: str) -> list[Block]:
+    blocks = []
+    i = 1
+    while i < len(lines):
+        if _MD_SEP.match(lines[i]) and lines[i - 1].strip().startswith("|"):
+            head = [c.strip() for c in lines[i - 1].strip().strip("|").split("|")]
+            body = []
+            j = i + 1
+            while j < len(lines) and lines[j].strip().startswith("|"):
+                body.append([c.strip() for c in lines[j].strip().strip("|").split("|")])
+                j += 1
+            h = _heading_before(lines, i - 1)
+            b = Block("markdown table", f"{where}table {len(blocks) + 1}" + (f" under '{h[:60]}'" if h else "")
+                      + f" (line {i})", _cells_to_rows(head, body))
+            blocks.append(b)
+            i = j
+        else:
+            i += 1
+    return blocks
+
+
+def text_tables(lines: list[str], where: str) -> list[Block]:
+    """Tables printed with aligned columns: "Step  Training Loss  Validation Loss  Rewards/chosen ...".
+
+    A heading line is one whose cells include a step/epoch column and at least one metric column."""
+    blocks = []
+    i = 0
+    while i < len(lines):
+        cells = [c.strip() for c in _CELL_SPLIT.split(lines[i].strip()) if c.strip()]
+        low = [_norm_head(c) for c in cells]
+        if len(cells) >= 2 and ({"step", "epoch", "steps"} & set(low)) and \
+                any(canonical(c)[1] not in (None, "step", "epoch") for c in table_columns(cells)):
+            body, j = [], i + 1
+            while j < len(lines):
+                vals = [c.strip() for c in _CELL_SPLIT.split(lines[j].strip()) if c.strip()]
+                if not vals:
+                    j += 1
+                    continue
+                if len(vals) != len(cells) or to_float(vals[0].replace(",", "")) is None:
+                    break
+                body.append(vals)
+                j += 1
+            if body:
+                blocks.append(Block("notebook table", f"{where}line {i + 1}", _cells_to_rows(cells, body)))
+                i = j
+                continue
+        i += 1
+    return blocks
+
+
+class _HTMLTables(HTMLParser):
+    """Every <table> of an HTML text as (heading cells, body rows); nested markup inside cells is flattened."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables, self._row, self._cell, self._depth = [], None, None, 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._depth += 1
+            self.tables.append([])
+        elif tag == "tr" and self._depth:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._row is not None and self._cell is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if self._row and self.tables:
+                self.tables[-1].append(self._row)
+            self._row = None
+        elif tag == "table" and self._depth:
+            self._depth -= 1
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_tables(text: str, where: str) -> list[Block]:
+    p = _HTMLTables()
+    try:
+        p.feed(text)
+        p.close()
+    except Exception:  # html.parser is lenient; a pathological input still must not cost the other blocks
+        return []
+    blocks = []
+    for n, rows in enumerate(p.tables, 1):
+        if len(rows) < 2:
+            continue
+        head, body = rows[0], rows[1:]
+        if head and not head[0] and body and len(body[0]) == len(head):
+            head = head[1:]  # pandas' index column: an empty heading
+            body = [r[1:] for r in body]
+        blocks.append(Block("HTML table", f"{where}HTML table {n}", _cells_to_rows(head, body)))
+    return blocks
+
+
+# ----------------------------------------------------------------------------- console lines
+_DICT = re.compile(r"\{[^{}]*\}")
+_NUMTXT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_KV = re.compile(rf"([A-Za-z_][\w/.\-]*)\s*[=:]\s*(\"?{_NUMTXT}\"?|nan|inf|-inf)(?=[\s,;|)\]]|$)", re.I)
+_BARE = re.compile(r"(?<![\w'\"])(-?inf|nan)(?![\w'\"])")
+# "Iter 10: Train loss 0.693, Chosen reward 0.012, ..." (mlx_lm): labels of words, each followed by a number
+_LABELLED = re.compile(rf"^\s*([A-Za-z][A-Za-z /_.\-]*?)\s+({_NUMTXT}|nan|inf)\b(?:\s*[A-Za-z/%]+)?\s*$", re.I)
+_LEAD = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?(?:(?:iter(?:ation)?|step|epoch)\s+(\d+)\s*[:,|\-]\s*)", re.I)
+# what may precede a logged dict on its line: "15 {...}", "step 15: {...}", "train stats after 640 examples: {...}",
+# or a tqdm bar "| 15/200 [00:30<..]"
+_STEP_PREFIX = re.compile(r"(?:^|[\s\[(])(?:(?:global[ _])?step|iter(?:ation)?|after)?\s*[:=#]?\s*(\d+)"
+                          r"(?:\s*examples?)?\s*[:|\-]?\s*$", re.I)
+_TQDM_COUNT = re.compile(r"\|\s*(\d+)/\d+\s*\[[^\]]*\]")
+# W&B's run summary, `name value` per line
+_SUMMARY = re.compile(rf"^\s*(?:wandb:)?\s*([A-Za-z_][\w/.\-]*)\s+({_NUMTXT}|nan|inf|-inf)\s*$", re.I)
+_FRACTION = re.compile(r"\d+/\d+")
+_EVAL_WORDS = re.compile(r"^\s*(val|valid|validation|eval|test)\b", re.I)
+
+
+def literal_dict(text: str):
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        try:  # Python's repr: single quotes, bare nan/inf
+            obj = ast.literal_eval(_BARE.sub(r"'\1'", text))
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _prefix_step(prefix: str):
+    m = _TQDM_COUNT.search(prefix)
+    if m and prefix.rstrip().endswith("]"):
+        return int(m.group(1))
+    m = _STEP_PREFIX.search(prefix[-80:])
+    return int(m.group(1)) if m else None
+
+
+def _has_metric(d: dict) -> bool:
+    return any(canonical(k)[1] not in (None, "step", "epoch") for k in d)
+
+
+def _labelled_row(line: str):
+    """mlx_lm-style "Iter 10: Train loss 0.693, Chosen reward 0.01, Learning Rate 1e-05" -> a row, or None."""
+    lead = _LEAD.match(line)
+    rest = line[lead.end():] if lead else line
+    parts = [p for p in rest.split(",") if p.strip()]
+    if len(parts) < 2:
+        return None
+    row = {}
+    evals = False
+    for p in parts:
+        m = _LABELLED.match(p)
+        if not m:
+            continue
+        label = m.group(1).strip()
+        evals = evals or bool(_EVAL_WORDS.match(label))
+        row[label] = m.group(2)
+    if len(row) < 2 or not _has_metric(row):
+        return None
+    if evals:  # "Iter 50: Val loss 0.61, Val took 3.2s": every number on the line is the evaluation's
+        row = {k if _EVAL_WORDS.match(k) else f"val {k}": v for k, v in row.items()}
+    if lead and lead.group(1):
+        row["step"] = int(lead.group(1))
+    return row
+
+
+def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
+    """(the console rows block, the `name value` summary block) of a text's lines."""
+    rows, ignored, summary = [], [], {}
+    for line in lines:
+        if not line.strip():
+            continue
+        found = False
+        if "{" in line:
+            for m in _DICT.finditer(line):
+                d = literal_dict(m.group(0))
+                if d:
+                    for k, v in d.items():  # ms-swift: 'global_step/max_steps': '5/100'
+                        if isinstance(v, str) and canonical(k)[1] == "step" and _FRACTION.fullmatch(v.strip()):
+                            d[k] = int(v.split("/")[0])
+                    if not any(canonical(k)[1] == "step" for k in d):
+                        step = _prefix_step(line[:m.start()])
+                        if step is not None:
+                            d["step"] = step
+                    rows.append(d)
+                    found = True
+        if not found and ("=" in line or ":" in line):
+            d = {k: v.strip('"') for k, v in _KV.findall(line)}
+            if len(d) >= 2 and _has_metric(d):
+                if not any(canonical(k)[1] == "step" for k in d):
+                    m = _TQDM_COUNT.search(line)
+                    if m:
+                        d["step"] = int(m.group(1))
+                rows.append(d)
+                found = True
+        if not found and "," in line:
+            d = _labelled_row(line)
+            if d:
+                rows.append(d)
+                found = True
+        if not found:
+            m = _SUMMARY.match(line)
+            if m and canonical(m.group(1))[1] is not None:
+                summary[m.group(1)] = m.group(2)
+                found = True
+        if not found:
+            ignored.append(line.strip())
+    console = Block("console log", f"{where}lines", rows,
+                    info={"ignored_lines": len(ignored), "ignored_examples": [s[:120] for s in ignored[:3]]})
+    summ = Block("summary lines (name value)", f"{where}lines", [summary] if summary else [])
+    return console, summ
+
+
+# ----------------------------------------------------------------------------- a model card's results list
+_CARD_ITEM = re.compile(rf"^\s*[-*]\s*([A-Za-z][\w/ .()-]*?)\s*:\s*({_NUMTXT}|nan|inf)\s*$", re.I)
+
+
+def card_lists(lines: list[str], where: str) -> tuple[Block, dict]:
+    """A model card's "results on the evaluation set" list (one eval row) and its hyperparameters list."""
+    results, hyper, target = {}, {}, None
+    for ln in lines:
+        low = ln.lower()
+        if "results on the evaluation set" in low or "achieves the following results" in low:
+            target = results
+            continue
+        if "hyperparameters were used" in low:
+            target = hyper
+            continue
+        if ln.strip().startswith("#"):
+            target = None
+            continue
+        m = _CARD_ITEM.match(ln)
+        if m and target is not None:
+            target[m.group(1).strip()] = m.group(2)
+    hp = {k.strip().lower().replace(" ", "_"): to_float(v) for k, v in hyper.items() if to_float(v) is not None}
+    row = {}
+    for k, v in results.items():
+        n = _norm_head(k)
+        row["eval_loss" if n in _TRAIN_LOSS | _EVAL_LOSS else n if n.startswith(("eval", "val")) else "eval_" + n] = v
+    return Block("model card results list", f"{where}results list", [row] if row else []), hp
+
+
+# ----------------------------------------------------------------------------- CSV
+def csv_head(text: str) -> tuple[str, str]:
+    """The header line and the delimiter it uses most (tab, comma or semicolon)."""
+    head = text.lstrip().split("\n", 1)[0]
+    return head, max(("\t", ",", ";"), key=head.count)
+
+
+def looks_like_csv(text: str) -> bool:
+    head, delim = csv_head(text)
+    if head.count(delim) < 1 or "{" in head or head.lstrip().startswith("|"):
+        return False
+    cols = [c.strip().strip('"') for c in head.split(delim)]
+    num = re.compile(_NUMTXT)
+    return any(canonical(c)[1] for c in cols) and not any(num.fullmatch(c) for c in cols if c)
+
+
+# ----------------------------------------------------------------------------- containers
+def csv_block(text: str, where: str) -> Block:
+    reader = csv.reader(io.StringIO(text.lstrip()), delimiter=csv_head(text)[1])
+    head = next(reader, [])
+    return Block("csv/tsv", f"{where}CSV", _cells_to_rows(head, [r for r in reader if r]))
+
+
+def text_blocks(text: str, where: str = "", hints: dict | None = None) -> list[Block]:
+    """Every candidate block of a plain text, Markdown, HTML, CSV or console log."""
+    lines = text.splitlines()
+    if looks_like_csv(text):  # aligned notebook tables pasted with tabs read as both: the table comes first
+        return text_tables(lines, where) + [csv_block(text, where)]
+    blocks = []
+    if "|" in text:
+        blocks += markdown_tables(lines, where)
+    if "<table" in text.lower():
+        blocks += html_tables(text, where)
+    low = text.lower()
+    if "step" in low or "epoch" in low:
+        blocks += text_tables(lines, where)
+    console, summary = console_block(lines, where)
+    blocks += [console, summary]
+    card, hp = card_lists(lines, where)
+    if card.rows:
+        card.info["hyperparameters"] = hp
+        blocks.append(card)
+    if hints is not None:
+        if hp:
+            hints["hyperparameters"] = hp
+        code_hints(text, hints)
+        card_hints(text, hints)
+    return blocks
+
+
+def _joined(src) -> str:
+    return "".join(src) if isinstance(src, list) else str(src or "")
+
+
+def notebook_blocks(nb: dict, hints: dict) -> list[Block]:
+    """The blocks of a saved Jupyter notebook: each output's tables, and every cell's console lines as one log."""
+    blocks, console_lines, console_cells = [], [], []
+    for i, cell in enumerate(nb.get("cells") or [], 1):
+        if not isinstance(cell, dict):
+            continue
+        src = _joined(cell.get("source"))
+        if cell.get("cell_type") == "code":
+            code_hints(src, hints)
+        elif cell.get("cell_type") == "markdown":
+            card_hints(src, hints)
+        for out in cell.get("outputs") or []:
+            if not isinstance(out, dict):
+                continue
+            texts = []
+            if out.get("output_type") == "stream":
+                texts.append(_joined(out.get("text")))
+            data = out.get("data") if isinstance(out.get("data"), dict) else {}
+            if "text/html" in data:
+                blocks += html_tables(_joined(data["text/html"]), f"cell {i} (text/html), ")
+            elif "text/plain" in data:
+                texts.append(_joined(data["text/plain"]))
+            for t in texts:
+                lines = t.splitlines()
+                blocks += text_tables(lines, f"cell {i} (text), ")
+                blocks += markdown_tables(lines, f"cell {i} (text), ")
+                console_lines += lines
+                console_cells.append(i)
+    if console_lines:
+        cells = sorted(set(console_cells))
+        span = f"cells {cells[0]}-{cells[-1]}" if len(cells) > 1 else f"cell {cells[0]}"
+        console, summary = console_block(console_lines, f"the text outputs of {span}, ")
+        console.kind = summary.kind = "notebook " + console.kind
+        blocks += [console, summary]
+    for b in blocks:
+        if not b.kind.startswith("notebook"):  # a saved notebook's table or log
+            b.kind = "notebook " + b.kind
+    return blocks
+
+
+def best(blocks: list[Block], info: dict, source: str) -> list[dict]:
+    """The rows of the best-scoring block (joined with a block that holds the other split), reported in ``info``."""
+    scored = sorted(((b.score(), n, b) for n, b in enumerate(blocks) if b.rows), key=lambda t: (-t[0], t[1]))
+    if not scored or scored[0][0] == 0:
+        closest = max(blocks, key=lambda b: len(b.rows), default=None)
+        near = ""
+        if closest is not None and closest.rows:
+            keys = sorted({str(k) for r in closest.rows[:20] if isinstance(r, dict) for k in r})[:8]
+            near = f"; the closest thing found: {closest.describe()} with keys {', '.join(keys)}"
+        raise PrefpilotError(f"no preference metrics found in {source}{near}: expected keys like loss, "
+                             "rewards/margins, rewards/accuracies, logps/chosen (pass the training log, "
+                             "trainer_state.json, or the notebook or card that shows its table)", code="no_metrics")
+    top = scored[0][2]
+    rows = list(top.rows)
+    used = [top]
+    splits = _splits(top)
+    for _, _, b in scored[1:]:
+        # a notebook's eval dict printed in another cell, a card's table plus its final results list
+        other = _splits(b)
+        if other and not other & splits and b.metrics() - {"step", "epoch"} and _stepped(b) == _stepped(top):
+            rows += b.rows
+            used.append(b)
+            splits |= other
+    info["format"] = top.kind
+    info["block"] = "; ".join(b.describe() for b in used)
+    skipped = [b for _, _, b in scored if b not in used]
+    if skipped:
+        info["skipped_blocks"] = [f"{b.describe()}: {', '.join(sorted(b.metrics() - {'step'})[:6])}"
+                                  for b in skipped[:5]]
+    for b in used:
+        info.update({k: v for k, v in b.info.items() if k not in ("hyperparameters",)})
+        if b.info.get("hyperparameters"):
+            info["hyperparameters"] = b.info["hyperparameters"]
+        info["notes"] += b.notes
+    return rows
+
+
+def _stepped(b: Block) -> bool:
+    return any(canonical(k)[1] == "step" for r in b.rows[:5] if isinstance(r, dict) for k in r)
+
+
+def _splits(b: Block) -> set:
+    out = set()
+    for r in b.rows[:50]:
+        if isinstance(r, dict):
+            for k in r:
+                split, name = canonical(k)
+                if name not in (None, "step", "epoch", "learning_rate"):
+                    out.add(split)
+    return out
