@@ -96,6 +96,14 @@ def exploding(rows=None, top: float = 40.0):
     return rows
 
 
+def saturating(rows):
+    """The loss that sigmoid DPO gives for each row's margin (log(1 + e^-margin)): a runaway margin takes it to 0."""
+    for r in rows:
+        if "rewards/margins" in r and "loss" in r:
+            r["loss"] = math.log1p(math.exp(-r["rewards/margins"]))
+    return rows
+
+
 def pinned(rows=None, from_t: float = 0.1):
     rows = rows or healthy()
     set_series(rows, "rewards/accuracies", lambda t, i, v: 1.0 if t >= from_t else 0.5)

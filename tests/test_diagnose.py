@@ -31,8 +31,9 @@ CASES = [
     ("chance_accuracy", lambda: H.chance(level=0.5), lambda: H.chance(level=0.75), "dpo"),
     ("negative_margin", lambda: H.negative(depth=1.5), lambda: H.negative(depth=0.03), "dpo"),
     ("margin_explosion", lambda: H.exploding(top=40), lambda: H.exploding(top=3), "dpo"),
-    ("margin_explosion", lambda: H.pinned(H.exploding(top=8), from_t=0.1), lambda: H.pinned(H.exploding(top=8),
-                                                                                             from_t=0.5), "dpo"),
+    # pinned accuracy warns when the margin runs away and the loss (sigmoid of the margin) goes to 0 with it
+    ("margin_explosion", lambda: H.pinned(H.saturating(H.exploding(top=8)), from_t=0.1),
+     lambda: H.pinned(H.saturating(H.exploding(top=8)), from_t=0.5), "dpo"),
     ("likelihood_displacement", lambda: H.displaced(drop=40), lambda: H.displaced(drop=4), "dpo"),
     ("likelihood_displacement", lambda: H.set_series(H.healthy(method="simpo"), "logps/chosen",
                                                       lambda t, i, v: -1.0 - 0.8 * t),

@@ -274,6 +274,10 @@ def format_diagnosis(r: dict) -> str:
              f"  method {r['method']} ({r['method_source']}); checks run: {', '.join(r['rules_run'])}",
              f"  parsed {p.get('rows')} train / {p.get('eval_rows')} eval rows ({p.get('format')}"
              + (f", {p['source']}" if p.get("source") else "") + f"); metrics: {', '.join(p.get('used_keys', []))}"]
+    if p.get("block"):
+        lines.append(f"  read from: {p['block']}")
+    for b in p.get("skipped_blocks", []):
+        lines.append(f"  skipped: {b}")
     if p.get("aliases"):
         lines.append("  renamed: " + ", ".join(f"{k} → {v}" for k, v in p["aliases"].items()))
     ignored = []

@@ -59,7 +59,16 @@ class Block:
         return weight * math.log2(1 + len(self.rows))
 
     def describe(self) -> str:
-        return f"{self.kind} ({len(self.rows)} rows) at {self.where}"
+        n = len(self.rows)
+        return f"{self.kind} ({n} row{'' if n == 1 else 's'}) at {self.where}"
+
+    def contents(self) -> str:
+        """What the block holds, for the report: its metrics, or the keys it has instead."""
+        m = sorted(self.metrics() - {"step"})
+        if m:
+            return ", ".join(m[:6]) + (", ..." if len(m) > 6 else "")
+        keys = sorted({str(k) for r in self.rows[:20] if isinstance(r, dict) for k in r})
+        return "no metrics (" + ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "") + ")"
 
 
 # ----------------------------------------------------------------------------- hints
@@ -320,6 +329,8 @@ def _labelled_row(line: str):
 def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
     """(the console rows block, the `name value` summary block) of a text's lines."""
     rows, ignored, summary = [], [], {}
+    if any(ln.count("{") > ln.count("}") for ln in lines):
+        lines = _join_wrapped(lines)
     for line in lines:
         if not line.strip():
             continue
@@ -362,6 +373,29 @@ def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
                     info={"ignored_lines": len(ignored), "ignored_examples": [s[:120] for s in ignored[:3]]})
     summ = Block("summary lines (name value)", f"{where}lines", [summary] if summary else [])
     return console, summ
+
+
+def _join_wrapped(lines: list[str]) -> list[str]:
+    """Join a dict broken over several lines back into one: a pasted piece of trainer_state.json, or a console
+    dict wrapped by a terminal or an issue tracker, even inside a key or a number ('13/9' + '4')."""
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        depth = line.count("{") - line.count("}")
+        j = i + 1
+        while depth > 0 and j < len(lines) and j - i < 200:
+            nxt = lines[j].lstrip()
+            nxt = nxt[2:] if nxt.startswith("> ") else nxt  # a quoted paste marks every line
+            line += nxt
+            depth += nxt.count("{") - nxt.count("}")
+            j += 1
+        if depth == 0 and j > i + 1:
+            out.append(line)
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
+    return out
 
 
 # ----------------------------------------------------------------------------- a model card's results list
@@ -494,8 +528,7 @@ def best(blocks: list[Block], info: dict, source: str) -> list[dict]:
         closest = max(blocks, key=lambda b: len(b.rows), default=None)
         near = ""
         if closest is not None and closest.rows:
-            keys = sorted({str(k) for r in closest.rows[:20] if isinstance(r, dict) for k in r})[:8]
-            near = f"; the closest thing found: {closest.describe()} with keys {', '.join(keys)}"
+            near = f"; the closest thing found: {closest.describe()}, {closest.contents()}"
         raise PrefpilotError(f"no preference metrics found in {source}{near}: expected keys like loss, "
                              "rewards/margins, rewards/accuracies, logps/chosen (pass the training log, "
                              "trainer_state.json, or the notebook or card that shows its table)", code="no_metrics")
@@ -514,8 +547,7 @@ def best(blocks: list[Block], info: dict, source: str) -> list[dict]:
     info["block"] = "; ".join(b.describe() for b in used)
     skipped = [b for _, _, b in scored if b not in used]
     if skipped:
-        info["skipped_blocks"] = [f"{b.describe()}: {', '.join(sorted(b.metrics() - {'step'})[:6])}"
-                                  for b in skipped[:5]]
+        info["skipped_blocks"] = [f"{b.describe()}: {b.contents()}" for b in skipped[:5]]
     for b in used:
         info.update({k: v for k, v in b.info.items() if k not in ("hyperparameters",)})
         if b.info.get("hyperparameters"):

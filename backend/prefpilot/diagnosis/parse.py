@@ -356,10 +356,18 @@ def load_history(source, *, beta: float | None = None, max_bytes: int | None = N
             gc.enable()
 
 
+def _exists(text: str) -> bool:
+    """Is this one-line text a path? (a long pasted line is a log, not a file name: the OS says "too long")"""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _load_history(source, beta, max_bytes=None):
     info: dict = {"format": None, "ignored_lines": 0, "notes": []}
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and len(source) < 4096
-                                    and Path(source).exists()):
+                                    and _exists(source)):
         raw = _read_path(Path(source), info, max_bytes)
     elif isinstance(source, str):
         raw = rows_from_text(source, info)

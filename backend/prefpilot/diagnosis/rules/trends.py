@@ -11,10 +11,51 @@ def _broken(ctx: Ctx) -> bool:
     return plumbing(ctx) or "nan_loss" in ctx.found or "nonfinite_metrics" in ctx.found
 
 
+def _frozen_eval(ctx: Ctx, t: dict):
+    """(steps, evidence) when the held-out numbers do not move across several evaluations: the same pairs scored
+    by weights that have not changed. Scale-free, so it holds for every method; None otherwise."""
+    es, el = ctx.finite("loss", "eval")
+    if len(el) < t["frozen_eval_points"] or el[0] <= 0:
+        return None
+    share = max(abs(v - el[0]) for v in el) / el[0]
+    if share > t["frozen_eval_loss_share"]:
+        return None
+    ev = {"eval_points": len(el), "eval_loss_first": el[0], "eval_loss_max_relative_change": share}
+    _, acc = ctx.finite("rewards/accuracies", "eval")
+    if len(acc) >= 2:
+        if max(acc) - min(acc) > t["frozen_eval_accuracy_range"]:
+            return None
+        ev["eval_accuracy_range"] = max(acc) - min(acc)
+    _, m = ctx.finite("rewards/margins", "eval")
+    if len(m) >= 2:
+        if max(abs(v - m[0]) for v in m) > max(t["frozen_eval_margin_share"] * abs(m[0]), t["frozen_eval_margin_abs"]):
+            return None
+        ev["eval_margin_first"], ev["eval_margin_last"] = m[0], m[-1]
+    return es, ev
+
+
 def no_learning(ctx: Ctx):
     if _broken(ctx):
         return None
     t = ctx.th("no_learning")
+    frozen = _frozen_eval(ctx, t)
+    if frozen is not None:
+        steps, ev = frozen
+        _, lr = ctx.finite("learning_rate", "train")
+        zero_lr = bool(lr) and sum(1 for v in lr if v == 0.0) / len(lr) > 0.5
+        if zero_lr:
+            ev["share_learning_rate_zero"] = sum(1 for v in lr if v == 0.0) / len(lr)
+        return finding(ctx, "no_learning", [steps[0], steps[-1]], ev,
+                       f"The held-out loss stays within {ev['eval_loss_max_relative_change']:.2%} of its first value "
+                       f"over {ev['eval_points']} evaluations" + (", with the same accuracy" if "eval_accuracy_range" in ev
+                                                                  else "")
+                       + ": the same pairs scored by weights that have not changed. "
+                       + ("The logged learning rate is exactly 0 at most steps: nothing is updated. " if zero_lr else "")
+                       + "Check that the trainable parameters really receive the update (frozen or detached modules, "
+                       "an adapter on nothing, a learning rate of 0 or far too small).",
+                       [scale_lr(ctx, 5, "if the rate is merely tiny, a larger step moves the weights")])
+    if ctx.method not in ("dpo", "simpo", "cpo"):
+        return None  # the training-curve paths below are on DPO's and SimPO's scales
     ls, loss = ctx.post("loss")
     ms, marg = ctx.post("rewards/margins")
     if len(loss) < t["min_points"] and len(marg) < t["min_points"]:
@@ -23,14 +64,16 @@ def no_learning(ctx: Ctx):
     if rc and all(v == 0.0 for v in rc):
         return None  # rewards never move: the reference is the policy (reference_tracks_policy), not a slow step
     ev = {}
-    if len(loss) >= t["min_points"]:
+    if len(loss) >= t["min_points"] and _flat_over_epochs(ctx, t, loss, ev):
+        pass  # many passes over a small set and still at the start: no learning, whatever the margins do
+    elif len(loss) >= t["min_points"]:
         _, all_loss = ctx.finite("loss")
         start = all_loss[0]
         dev = max(abs(v - start) for v in loss)
         if dev > t["loss_tolerance"]:
             return None
         ev.update(loss_start=start, loss_max_deviation=dev)
-    if len(marg) >= t["min_points"]:
+    if "flat_epochs" not in ev and len(marg) >= t["min_points"]:
         _, all_m = ctx.finite("rewards/margins")
         dev = max(abs(v - all_m[0]) for v in marg)
         if dev > t["margin_tolerance"]:
@@ -41,11 +84,36 @@ def no_learning(ctx: Ctx):
     if ctx.cfg.get("use_peft") and not ctx.cfg.get("lora_target_modules"):
         remedies.append(remedy(ctx, {"lora_target_modules": "all-linear"}, "LoRA without target modules may train "
                                                                            "nothing"))
+    if "flat_epochs" in ev:
+        return finding(ctx, "no_learning", [steps[0], steps[-1]], ev,
+                       f"Over {ev['flat_epochs']:g} epochs the loss stays within {ev['loss_max_relative_change']:.0%} "
+                       f"of its start ({ev['loss_start']:.3g})" + (f" and accuracy averages {ev['mean_accuracy']:.2f}"
+                                                                   if "mean_accuracy" in ev else "")
+                       + ": the model has seen every pair several times and still does not separate them. With a "
+                       "small dataset, too small a learning rate (or LoRA on too few modules) leaves DPO at its "
+                       "start; check too that chosen and rejected really differ.", remedies)
     return finding(ctx, "no_learning", [steps[0], steps[-1]], ev,
                    f"Loss and margins stay at their start values for {len(steps)} logged points past warm-up while "
                    "the rewards move: the policy shifts but does not separate chosen from rejected. Check the "
                    "learning rate, that chosen differs from rejected in the data, and that the reference is not "
                    "synced to the policy every step.", remedies)
+
+
+def _flat_over_epochs(ctx: Ctx, t: dict, loss: list[float], ev: dict) -> bool:
+    """A small dataset trained for several epochs whose loss stays within a few percent of its start and whose
+    accuracy stays near chance (each point may be an epoch average, so the margins' noise does not count)."""
+    _, epochs = ctx.finite("epoch")
+    _, all_loss = ctx.finite("loss")
+    _, acc = ctx.post("rewards/accuracies")
+    if not epochs or max(epochs) - min(epochs) < t["flat_epochs"] or not all_loss or all_loss[0] <= 0:
+        return False
+    share = max(abs(v - all_loss[0]) for v in loss) / all_loss[0]
+    if share > t["flat_loss_share"] or (acc and mean(acc) > t["flat_accuracy_below"]):
+        return False
+    ev.update(loss_start=all_loss[0], loss_max_relative_change=share, flat_epochs=max(epochs) - min(epochs))
+    if acc:
+        ev["mean_accuracy"] = mean(acc)
+    return True
 
 
 def _past_warmup(ctx: Ctx, rule: str, key: str):
@@ -222,8 +290,13 @@ def margin_explosion(ctx: Ctx):
                     half = mean(marg[n // 2 - k // 2: n // 2 - k // 2 + k])
                     growth = mean(marg[-k:]) / half if half > 0 else None
                     ev["margin_growth_since_half"] = growth
-                if growth is None or growth < t["pinned_margin_growth"]:
-                    severity = "info"  # saturated, not running away: the pairs are easy for this model
+                tail_loss = loss[-max(1, len(loss) // 4):] if loss else []
+                near_zero = bool(tail_loss) and min(tail_loss) < t["pinned_loss_below"]
+                if tail_loss:
+                    ev["last_quarter_min_loss"] = min(tail_loss)
+                if growth is None or growth < t["pinned_margin_growth"] or (tail_loss and not near_zero):
+                    # saturated, not running away (the loss has not reached 0): the pairs are easy for this model
+                    severity = "info"
                     why.append(f"accuracy is 1.0 from step {asteps[i]:g} on, but the margin has levelled off "
                                "(the pairs are easy for this model; watch held-out metrics)")
                 else:

@@ -1,0 +1,200 @@
+"""Diagnosis v3: the block reader (any container, the best block wins), method detection that says
+"unknown" instead of guessing, and each method judged on its own scale.
+
+The real files of each format are in tests/real_logs (test_real_logs.py); these tests pin the behaviour
+of each piece on small inputs written to show one thing each.
+"""
+import json
+
+import pytest
+
+from prefpilot.cli import main as cli
+from prefpilot.diagnosis import diagnose, diagnose_source
+from prefpilot.diagnosis.parse import canonical, load_history
+from prefpilot.errors import PrefpilotError
+
+
+def ids(report, severities=("error", "warning")):
+    return {f["id"] for f in report["findings"] if f["severity"] in severities}
+
+
+def notebook(cells):
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}
+
+
+def code(src, outputs=()):
+    return {"cell_type": "code", "source": src, "outputs": list(outputs), "metadata": {}, "execution_count": 1}
+
+
+def html_table(head, rows):
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return (f'<div><progress value="30" max="30"></progress> [30/30 01:00, Epoch 1/1]</div>'
+            f'<table border="1" class="dataframe"><thead><tr style="text-align: left;">{th}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+# ----------------------------------------------------------------------------- one alias table
+@pytest.mark.parametrize("name,want", [
+    ("rewards / chosen", ("train", "rewards/chosen")), ("Rewards/Margin", ("train", "rewards/margins")),
+    ("Train Loss", ("train", "loss")), ("train/rewards/margins", ("train", "rewards/margins")),
+    ("eval/rewards/accuracies", ("eval", "rewards/accuracies")), ("Validation Loss", ("eval", "loss")),
+    ("rewards_train/chosen", ("train", "rewards/chosen")), ("loss/eval", ("eval", "loss")),
+    ("my-run - train/loss", ("train", "loss")), ("my-run - train/loss__MIN", ("train", None)),
+    ("Chosen reward", ("train", "rewards/chosen")), ("reject_reward", ("train", "rewards/rejected")),
+    ("acc_mean", ("train", "rewards/accuracies")), ("global_step/max_steps", ("train", "step")),
+])
+def test_one_alias_table(name, want):
+    assert canonical(name) == want
+
+
+# ----------------------------------------------------------------------------- containers
+def test_notebook_html_training_table_is_training_rows_and_its_code_names_the_method():
+    head = ["Step", "Training Loss", "rewards / chosen", "rewards / rejected", "rewards / accuracies",
+            "rewards / margins", "log_odds_ratio"]
+    rows = [[s, f"{1.5 - 0.01 * s:.4f}", "-0.12", f"{-0.12 - 0.002 * s:.4f}", "0.6", f"{0.002 * s:.4f}", "-0.6"]
+            for s in range(1, 31)]
+    nb = notebook([code("from trl import ORPOConfig, ORPOTrainer\ntrainer = ORPOTrainer(model=m, args=ORPOConfig("
+                        "beta=0.1, learning_rate=8e-6))"),
+                   code("trainer.train()", [{"output_type": "display_data", "metadata": {},
+                                              "data": {"text/html": html_table(head, rows),
+                                                       "text/plain": "<IPython.core.display.HTML object>"}}])])
+    h = load_history(json.dumps(nb))
+    assert h.info["format"] == "notebook HTML table" and "cell 2" in h.info["block"]
+    assert len(h.train) == 30 and not h.eval  # no Validation Loss column: the columns are training metrics
+    r = diagnose(h)
+    assert r["method"] == "orpo" and r["assumed"]["learning_rate"]["value"] == 8e-6
+    assert "eval_divergence" not in ids(r)
+
+
+def test_notebook_stream_dicts_and_an_eval_cell_are_merged():
+    log = "".join(f"{{'loss': {0.69 - 0.005 * s:.4f}, 'grad_norm': 3.1, 'learning_rate': 5e-07, 'rewards/chosen': "
+                  f"{0.01 * s:.3f}, 'rewards/rejected': {-0.01 * s:.3f}, 'rewards/accuracies': {0.5 + 0.01 * s:.2f}, "
+                  f"'rewards/margins': {0.02 * s:.3f}, 'logps/chosen': -120.0, 'logps/rejected': -130.0, "
+                  f"'epoch': {s / 30:.2f}}}\n\r 10%|█         | {s}/30 [00:10<01:30,  1.2it/s]" for s in range(1, 31))
+    nb = notebook([code("trainer = DPOTrainer(model, args=DPOConfig(beta=0.1))\ntrainer.train()",
+                        [{"output_type": "stream", "name": "stderr", "text": log}]),
+                   code("trainer.evaluate()", [{"output_type": "execute_result", "metadata": {}, "execution_count": 2,
+                                                "data": {"text/plain": "{'eval_loss': 0.52, 'eval_rewards/margins': "
+                                                                       "0.61, 'eval_rewards/accuracies': 0.76, "
+                                                                       "'epoch': 1.0}"}}])])
+    r = diagnose_source(json.dumps(nb), is_path=False)
+    assert r["parsed"]["rows"] == 30 and r["parsed"]["eval_rows"] == 1
+    assert r["method"] == "dpo" and r["method_source"].startswith("the notebook's code")
+    assert r["verdict"] == "healthy"  # loss falls, accuracy rises: no error, no warning
+
+
+def test_card_whose_training_table_is_not_the_first():
+    card = ("---\ntags:\n- trl\n- dpo\n---\n# model\n\n| Model | MT-Bench | AlpacaEval |\n|---|---|---|\n| ours | 7.3 | 90 |"
+            "\n\nIt achieves the following results on the evaluation set:\n- Loss: 0.50\n- Rewards/margin: 0.9\n\n"
+            "## Training results\n\n| Train Loss | Epoch | Step | Validation Loss | Rewards/Chosen | Rewards/Rejected "
+            "| Rewards/Accuracies | Rewards/Margin |\n|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|\n"
+            + "".join(f"| {0.69 - 0.02 * i:.3f} | {i / 10:.1f} | {100 * i} | {0.68 - 0.02 * i:.3f} | {0.05 * i:.2f} | "
+                      f"{-0.05 * i:.2f} | {0.55 + 0.03 * i:.2f} | {0.1 * i:.2f} |\n" for i in range(1, 9)))
+    h = load_history(card)
+    assert "under '## Training results'" in h.info["block"] and len(h.eval) >= 8
+    assert any("MT-Bench" in s or "mt-bench" in s for s in h.info["skipped_blocks"])
+
+
+def test_mlx_iter_lines():
+    text = "\n".join([f"Iter {i}: Train loss {0.693 - 0.01 * i:.3f}, Chosen reward {0.02 * i:.3f}, Rejected reward "
+                      f"{-0.02 * i:.3f}, Accuracy {0.5 + 0.02 * i:.3f}, Margin {0.04 * i:.3f}, Learning Rate 1.000e-06, "
+                      f"It/sec 0.5, Tokens/sec 200, Trained Tokens {100 * i}, Peak mem 3.1 GB" for i in range(1, 11)]
+                     + ["Iter 10: Val loss 0.600, Val chosen reward 0.2, Val rejected reward -0.2, Val accuracy 0.7, "
+                        "Val took 2.1s"])
+    h = load_history(text)
+    assert len(h.train) == 10 and h.train[3]["step"] == 4 and h.train[3]["rewards/chosen"] == 0.08
+    assert h.eval[0]["loss"] == 0.6 and h.eval[0]["rewards/accuracies"] == 0.7
+
+
+def test_wandb_summary_lines_and_csv_export():
+    summary = ("wandb: Run history:\nwandb:        train/loss █▆▅▃▁\nwandb: Run summary:\nwandb:      train/epoch 1.0\n"
+               "wandb:  train/grad_norm 0.0\nwandb:       train/loss 0.0\nwandb:         train/kl 0.0\n"
+               "wandb: Synced 5 W&B file(s)")
+    h = load_history(summary)
+    assert h.info["format"] == "summary lines (name value)" and h.train[0]["grad_norm"] == 0.0
+    csv = ('Step,"run-a - train/loss","run-a - train/loss__MIN","run-a - train/loss__MAX","run-a - train/rewards/margins"\n'
+           + "".join(f'{s},{0.69 - 0.001 * s},0.6,0.7,{0.01 * s}\n' for s in range(1, 60)))
+    h = load_history(csv)
+    assert len(h.train) == 59 and set(h.train[0]) == {"step", "loss", "rewards/margins"}
+
+
+def test_dpo_repo_stats_openrlhf_postfix_and_swift_steps():
+    repo = "\n".join(f"train stats after {64 * i} examples: {{'rewards_train/chosen': '{0.01 * i}', "
+                     f"'rewards_train/rejected': '{-0.01 * i}', 'rewards_train/accuracies': '0.6', 'loss/train': "
+                     f"'{0.69 - 0.01 * i}', 'grad_norm': '3.0'}}" for i in range(1, 8))
+    h = load_history(repo)
+    assert [r["step"] for r in h.train][:2] == [64, 128] and h.train[0]["loss"] == pytest.approx(0.68)
+    orl = "\n".join(f"Train epoch [1/1]:  {i}%|█ | {i}/100 [00:{i:02d}<01:00, 1.6it/s, preference_loss={0.69 - 0.01 * i:.3f}, "
+                    f"chosen_reward={0.01 * i:.2f}, reject_reward={-0.01 * i:.2f}, acc_mean=0.6, lr=5e-07]"
+                    for i in range(1, 9))
+    h = load_history(orl)
+    assert [r["step"] for r in h.train][:3] == [1, 2, 3] and h.train[1]["rewards/rejected"] == -0.02
+    swift = "{'loss': 0.66, 'rewards/chosen': 0.1, 'rewards/margins': 0.9, 'nll_loss': 1.0, 'global_step/max_steps': '12/1\n76'}"
+    assert load_history(swift).train[0]["step"] == 12  # wrapped inside the value, joined back
+
+
+def test_a_file_without_metrics_names_the_closest_thing(tmp_path):
+    f = tmp_path / "card.md"
+    f.write_text("# a card\n\n| Model | MT-Bench |\n|---|---|\n| ours | 7.3 |\n")
+    with pytest.raises(PrefpilotError, match="closest thing found: markdown table .*mt-bench"):
+        load_history(f)
+    assert cli(["diagnose", str(f)]) == 2
+
+
+# ----------------------------------------------------------------------------- method detection
+def test_method_unknown_gets_no_method_specific_finding():
+    # mlx-style names (no TRL spelling, no log-probs, no code): the method cannot be told
+    text = "\n".join(f"Iter {i}: Train loss 0.0001, Chosen reward {-0.5 * i:.2f}, Rejected reward {-1.5 * i:.2f}, "
+                     f"Accuracy 1.000, Margin {1.0 * i:.2f}" for i in range(1, 40))
+    r = diagnose(text)
+    assert r["method"] == "unknown" and "pass --method" in r["method_source"]
+    table = __import__("prefpilot.diagnosis", fromlist=["catalogue"]).catalogue()["findings"]
+    for f in r["findings"]:
+        assert table[f["id"]]["methods"] == "all" or "unknown" in table[f["id"]]["methods"]
+    assert r["summary"].startswith("healthy: none of the") and "method-independent" in r["summary"]
+    assert diagnose(text, method="dpo")["method"] == "dpo"  # the user can say
+
+
+def test_nll_loss_alone_does_not_make_a_run_cpo():
+    # ms-swift DPO with an SFT term: summed log-probs, rewards relative to a reference
+    rows = [{"step": s, "loss": 1.6 - 0.02 * s, "nll_loss": 0.95, "rewards/chosen": 0.02 * s, "rewards/rejected": -0.05 * s,
+             "rewards/margins": 0.07 * s, "rewards/accuracies": 0.6, "logps/chosen": -180.0 + s, "logps/rejected": -171.0}
+            for s in range(1, 20)]
+    assert diagnose(rows)["method"] == "dpo"
+
+
+def test_reference_free_rewards_give_the_method_and_beta():
+    rows = [{"step": s, "loss": 1.2, "nll_loss": 1.1, "rewards/chosen": 2.5 * (-1.0 - 0.01 * s),
+             "logps/chosen": -1.0 - 0.01 * s, "rewards/margins": 0.3} for s in range(1, 12)]
+    r = diagnose(rows)
+    assert r["method"] == "simpo" and r["assumed"]["beta"] == {"value": 2.5, "source": "the log (rewards / log-probs)"}
+
+
+# ----------------------------------------------------------------------------- each method on its own scale
+def orpo_rows(margin, acc, n=10):
+    return [{"step": 10 * s, "loss": 1.4, "nll_loss": 1.3, "log_odds_ratio": -0.8, "log_odds_chosen": -0.1,
+             "rewards/chosen": -0.12, "rewards/rejected": -0.12 - margin, "rewards/margins": margin,
+             "rewards/accuracies": acc, "logps/chosen": -1.2, "logps/rejected": -1.2 - 10 * margin}
+            for s in range(1, n + 1)]
+
+
+def test_orpo_accuracy_zero_and_negative_margins_are_not_healthy():
+    r = diagnose(orpo_rows(-0.004, 0.0))  # margins of -0.004: tiny on DPO's scale, 0.04 nats/token for ORPO
+    assert r["method"] == "orpo" and "negative_margin" in ids(r)
+    mostly = orpo_rows(-0.003, 0.375, n=30)
+    for row in mostly[:3]:
+        row["rewards/margins"] = 0.002
+    assert "negative_margin" in ids(diagnose(mostly))
+    assert r["verdict"] == "problems"
+    assert diagnose(orpo_rows(0.01, 0.7))["verdict"] == "healthy"
+
+
+def test_flat_run_on_a_tiny_dataset_over_epochs_is_no_learning():
+    rows = [{"step": 3 * e, "epoch": float(e), "loss": 0.692 - 0.0028 * (e - 1), "rewards/chosen": 0.04 * e,
+             "rewards/rejected": -0.03 * e, "rewards/margins": 0.07 * e, "rewards/accuracies": 0.57,
+             "logps/chosen": -80.0, "logps/rejected": -90.0, "learning_rate": 5e-6} for e in range(1, 8)]
+    r = diagnose(rows)
+    assert "no_learning" in ids(r)
+    falling = [{**row, "loss": 0.69 - 0.03 * i, "rewards/accuracies": 0.55 + 0.04 * i} for i, row in enumerate(rows)]
+    assert "no_learning" not in ids(diagnose(falling))
