@@ -198,3 +198,29 @@ def test_flat_run_on_a_tiny_dataset_over_epochs_is_no_learning():
     assert "no_learning" in ids(r)
     falling = [{**row, "loss": 0.69 - 0.03 * i, "rewards/accuracies": 0.55 + 0.04 * i} for i, row in enumerate(rows)]
     assert "no_learning" not in ids(diagnose(falling))
+
+
+def test_held_out_noise_around_zero_is_not_divergence_but_chance():
+    # eval accuracy never above chance, margins wandering around 0 (the shape of a preference part that is flat)
+    evals = [{"step": 10 * i, "eval_loss": 2.63 - 0.012 * (i % 3), "eval_rewards/margins": m,
+              "eval_rewards/accuracies": a}
+             for i, (m, a) in enumerate([(0.018, 0.27), (0.017, 0.30), (0.018, 0.39), (-0.005, 0.36), (0.049, 0.45),
+                                         (-0.005, 0.30), (0.001, 0.34), (0.026, 0.45), (-0.02, 0.27)], 1)]
+    train = [{"step": 10 * i, "loss": 2.62 - 0.005 * i} for i in range(1, 10)]
+    r = diagnose(train + evals, method="dpo")
+    assert "eval_divergence" not in ids(r) and "chance_accuracy" in ids(r)
+
+
+def test_frozen_held_out_numbers_are_no_learning_for_any_method():
+    rows = [{"step": s, "loss": 19.0 + (s % 5) * 0.4, "rewards/accuracies": 0.3 + (s % 4) * 0.1,
+             "rewards/margins": 0.01 * ((s % 3) - 1), "log_odds_ratio": -1.3, "nll_loss": 2.2, "learning_rate": 0.0}
+            for s in range(1, 63)]
+    rows += [{"step": s, "eval_loss": 2.1817, "eval_rewards/accuracies": 0.6, "eval_rewards/margins": 0.0335}
+             for s in (13, 26, 39, 52)]
+    r = diagnose(rows)
+    assert r["method"] == "orpo" and "no_learning" in ids(r)
+    assert "learning rate is exactly 0" in {f["id"]: f for f in r["findings"]}["no_learning"]["explanation"]
+    moving = [dict(x) for x in rows]
+    for x, v in zip([x for x in moving if "eval_loss" in x], (2.18, 2.05, 1.93, 1.85)):
+        x["eval_loss"] = v
+    assert "no_learning" not in ids(diagnose(moving))

@@ -190,7 +190,7 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
         info.setdefault("notes", []).append(f"method unknown: {method_source}; only the checks that hold for any "
                                             "method ran")
     elif method_source not in ("config", "given"):
-        info.setdefault("notes", []).append(f"method: {method}, from the {method_source}")
+        info.setdefault("notes", []).append(f"method {method}: {method_source}")
 
     cfg = dict(config or {})
     sources = {k: "config" for k in cfg}

@@ -138,7 +138,10 @@ def chance_accuracy(ctx: Ctx):
     t, steps, acc = got
     tail = acc[-max(1, len(acc) // 3):]
     m, mt = mean(acc), mean(tail)
-    if not (t["low"] <= m <= t["high"] and t["low"] <= mt <= t["high"]):
+    _, marg = ctx.post("rewards/margins")
+    # below chance with margins that are not clearly negative (negative_margin's case): still "cannot tell them apart"
+    below = m < t["low"] and mt <= t["high"] and (not marg or mean(marg) > 0)
+    if not (t["low"] <= m <= t["high"] and t["low"] <= mt <= t["high"]) and not below:
         return None
     remedies = [scale_lr(ctx, 3, "too small a step leaves pairs unseparated")]
     remedies += _robust_remedy(ctx, 0.1, "robust DPO tolerates a share of flipped labels (Chowdhury et al. 2024)")
@@ -378,6 +381,9 @@ def eval_divergence(ctx: Ctx):
     why, ev = [], {}
     best_step = None
     es, em = ctx.finite("rewards/margins", "eval")
+    _, eacc = ctx.finite("rewards/accuracies", "eval")
+    if eacc and max(eacc) < t["separated_accuracy"]:
+        em = []  # held-out pairs were never separated: a margin wandering around 0 is noise, not a best to fall from
     if len(em) >= t["min_eval_points"]:
         i = max(range(len(em)), key=em.__getitem__)
         if em[i] > 0 and i < len(em) - 1 and em[-1] < t["eval_margin_share_of_best"] * em[i]:
