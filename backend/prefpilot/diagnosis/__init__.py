@@ -58,13 +58,17 @@ def _ratio_test(hist: History):
     """Are the rewards β × the policy's own log-probs (reference-free: SimPO/CPO/ORPO), or relative to a reference
     (DPO/KTO)? Returns ("free", β, per_token) or ("reference", None, None) or None when the log cannot tell."""
     for split in ("train", "eval"):
-        _, rows = None, hist.train if split == "train" else hist.eval
-        pairs = [(r["rewards/chosen"], r["logps/chosen"]) for r in rows
-                 if "rewards/chosen" in r and "logps/chosen" in r and math.isfinite(r["rewards/chosen"])
-                 and math.isfinite(r["logps/chosen"]) and r["logps/chosen"] != 0]
+        rs, rc = hist.series("rewards/chosen", split)
+        ls, lp = hist.series("logps/chosen", split)
+        if len(rc) < 3 or len(lp) < 3:
+            continue
+        by_step = dict(zip(ls, lp))
+        stride = max(1, len(rc) // 200)  # a sample decides: a long run must not pay a pass over every row
+        pairs = [(c, by_step[s]) for s, c in zip(rs[::stride], rc[::stride])
+                 if s in by_step and math.isfinite(c) and math.isfinite(by_step[s]) and by_step[s] != 0]
         if len(pairs) < 3:
             continue
-        ratios = sorted(rc / lp for rc, lp in pairs)
+        ratios = sorted(c / lp for c, lp in pairs)
         med = ratios[len(ratios) // 2]
         spread = max(abs(x - med) for x in ratios)
         if med > 0 and spread <= 0.02 * med:

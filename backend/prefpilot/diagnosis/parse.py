@@ -170,9 +170,11 @@ def _from_json_obj(obj, info: dict) -> list[dict]:
                            info.get("source") or "the notebook")
     if isinstance(obj, dict):
         lists = {k: v for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
-        if lists and not any(canonical(k)[1] for k in obj):  # {"history": [{...}, ...]}: the lists are the blocks
-            return blocks.best([blocks.Block("list of dicts", f"key '{k}'", v) for k, v in lists.items()], info,
-                               info.get("source") or "the JSON")
+        if lists:  # {"raw_log_history": [{...}, ...], "train_loss": [...]}: each list is a block, and so is the dict
+            scalars = {k: v for k, v in obj.items() if to_float(v) is not None}
+            found = [blocks.Block("list of dicts", f"key '{k}'", v) for k, v in lists.items()]
+            found.append(blocks.Block("metrics dict", "the top level", [scalars] if scalars else []))
+            return blocks.best(found, info, info.get("source") or "the JSON")
         info["format"] = "metrics dict"
         return [obj]
     if isinstance(obj, list):
