@@ -85,6 +85,17 @@ def nonfinite_metrics(ctx: Ctx):
         why += (". Only the logged mean logits are non-finite: the model produces inf/NaN logits for some "
                 "positions (often padding under fp16/bf16 overflow); the loss can survive it for a while, the "
                 "outputs may not")
+    skipped = _scaler_skips(ctx, hits, masked)
+    if skipped:
+        t = ctx.th("nonfinite_metrics")
+        return finding(ctx, "nonfinite_metrics", [first, last],
+                       {"first_step": first, "keys": keys, "steps_per_key": {k: v[:5] for k, v in hits.items()},
+                        "share_of_rows": skipped},
+                       f"grad_norm is non-finite at {len(hits['grad_norm'])} isolated step(s) (first {first:g}, "
+                       f"{skipped:.0%} of the logged rows, at most {t['scaler_skip_share']:.0%}) while the loss and "
+                       "every other metric stay finite: the fp16 loss scaler found an overflow and skipped those "
+                       "updates, which is how mixed precision calibrates its scale. Frequent skips waste steps; bf16 "
+                       "has no scaler.", _nan_remedies(ctx), severity="info")
     why += ". Every update after a non-finite gradient is garbage."
     remedies = _nan_remedies(ctx)
     if ctx.method in ("simpo", "cpo") and {"logps/chosen", "logps/rejected"} & set(hits):
@@ -93,6 +104,21 @@ def nonfinite_metrics(ctx: Ctx):
     return finding(ctx, "nonfinite_metrics", [first, last],
                    {"first_step": first, "keys": keys, "steps_per_key": {k: v[:5] for k, v in hits.items()},
                     "masked_loss_steps": masked[:5]}, why, remedies)
+
+
+def _scaler_skips(ctx: Ctx, hits: dict, masked: list) -> float | None:
+    """The share of rows with a non-finite grad_norm, when that is all that is non-finite, the loss beside it is a
+    real value (not the 0.0 that hides a NaN loss), and the rows are isolated: fp16's loss scaler skipping
+    overflowing steps. None otherwise (then it is an error). Not for a bf16 run, which has no scaler."""
+    if set(hits) != {"grad_norm"} or masked or not ctx.hist.train:
+        return None
+    bad = hits["grad_norm"]
+    share = len(bad) / len(ctx.hist.train)
+    t = ctx.th("nonfinite_metrics")
+    if share > t["scaler_skip_share"] or ctx.cfg.get("bf16") is True:
+        return None
+    _, gn = ctx.finite("grad_norm", "train")
+    return share if gn else None  # never a finite gradient norm: not a calibrating scaler
 
 
 # SimPO/CPO average log-probs over completion tokens: zero tokens left gives 0/0

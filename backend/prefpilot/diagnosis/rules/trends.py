@@ -55,7 +55,19 @@ def no_learning(ctx: Ctx):
                        "an adapter on nothing, a learning rate of 0 or far too small).",
                        [scale_lr(ctx, 5, "if the rate is merely tiny, a larger step moves the weights")])
     if ctx.method not in ("dpo", "simpo", "cpo"):
-        return None  # the training-curve paths below are on DPO's and SimPO's scales
+        # the paths below are on DPO's and SimPO's scales; what holds for any method is a loss that does not move at
+        # all: batch-to-batch noise moves every real loss, so a frozen one means nothing is computed or updated
+        ls, loss = ctx.post("loss")
+        if len(loss) < t["min_points"] or not loss[0]:
+            return None
+        share = (max(loss) - min(loss)) / abs(loss[0])
+        if share > t["frozen_train_loss_share"]:
+            return None
+        return finding(ctx, "no_learning", [ls[0], ls[-1]], {"loss_first": loss[0], "loss_relative_range": share},
+                       f"The training loss is frozen at {loss[0]:.4g} over {len(loss)} logged points past warm-up "
+                       f"(range {share:.2%} of its value): even batch-to-batch noise would move a loss that is being "
+                       "computed on changing weights. Check that the trainable parameters receive the update.",
+                       [scale_lr(ctx, 5, "if the rate is merely tiny, a larger step moves the weights")])
     ls, loss = ctx.post("loss")
     ms, marg = ctx.post("rewards/margins")
     if len(loss) < t["min_points"] and len(marg) < t["min_points"]:
