@@ -230,7 +230,7 @@ def test_catalogue_matches_the_skill():
         assert entry["kind"] in ("signature", "trend", "method") and entry["cause"] and entry["remedies"]
         assert set(entry["explain"]) == set(entry["thresholds"]), f"{fid}: every threshold needs its explanation"
     doc = (bundle_root() / "skills/mlops/preference-diagnostics/references/pathologies.md").read_text()
-    headings = re.findall(r"^## (\w+)$", doc, re.M)
+    headings = [h for h in re.findall(r"^## (\w+)$", doc, re.M) if h != "Contents"]  # the contents list heads the doc
     assert headings == list(table)
     for fid, entry in table.items():
         section = doc.split(f"## {fid}\n", 1)[1].split("\n## ", 1)[0]

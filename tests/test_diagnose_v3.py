@@ -145,7 +145,7 @@ def test_a_file_without_metrics_names_the_closest_thing(tmp_path):
 # ----------------------------------------------------------------------------- method detection
 def test_method_unknown_gets_no_method_specific_finding():
     # mlx-style names (no TRL spelling, no log-probs, no code): the method cannot be told
-    text = "\n".join(f"Iter {i}: Train loss 0.0001, Chosen reward {-0.5 * i:.2f}, Rejected reward {-1.5 * i:.2f}, "
+    text = "\n".join(f"Iter {i}: Train loss {0.02 / i:.4f}, Chosen reward {-0.5 * i:.2f}, Rejected reward {-1.5 * i:.2f}, "
                      f"Accuracy 1.000, Margin {1.0 * i:.2f}" for i in range(1, 40))
     r = diagnose(text)
     assert r["method"] == "unknown" and "pass --method" in r["method_source"]
@@ -164,6 +164,14 @@ def test_nll_loss_alone_does_not_make_a_run_cpo():
     assert diagnose(rows)["method"] == "dpo"
 
 
+def test_a_frozen_training_loss_is_no_learning_whatever_the_method():
+    rows = [{"step": s, "loss": 0.6914, "grad_norm": 1.0} for s in range(1, 30)]  # only a loss: the method is unknown
+    assert diagnose(rows)["method"] == "unknown" and "no_learning" in ids(diagnose(rows))
+    for i, r in enumerate(rows):
+        r["loss"] = 0.6914 - 0.002 * i
+    assert "no_learning" not in ids(diagnose(rows))
+
+
 def test_reference_free_rewards_give_the_method_and_beta():
     rows = [{"step": s, "loss": 1.2, "nll_loss": 1.1, "rewards/chosen": 2.5 * (-1.0 - 0.01 * s),
              "logps/chosen": -1.0 - 0.01 * s, "rewards/margins": 0.3} for s in range(1, 12)]
@@ -173,7 +181,7 @@ def test_reference_free_rewards_give_the_method_and_beta():
 
 # ----------------------------------------------------------------------------- each method on its own scale
 def orpo_rows(margin, acc, n=10):
-    return [{"step": 10 * s, "loss": 1.4, "nll_loss": 1.3, "log_odds_ratio": -0.8, "log_odds_chosen": -0.1,
+    return [{"step": 10 * s, "loss": 1.4 - 0.01 * s, "nll_loss": 1.3, "log_odds_ratio": -0.8, "log_odds_chosen": -0.1,
              "rewards/chosen": -0.12, "rewards/rejected": -0.12 - margin, "rewards/margins": margin,
              "rewards/accuracies": acc, "logps/chosen": -1.2, "logps/rejected": -1.2 - 10 * margin}
             for s in range(1, n + 1)]
