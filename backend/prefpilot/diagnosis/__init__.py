@@ -14,6 +14,7 @@ import yaml
 
 from ..config.load import safe_yaml
 from ..errors import PrefpilotError
+from .blocks import single
 from .parse import History, load_history
 from .rules import CATALOGUE, Ctx, num
 
@@ -72,16 +73,17 @@ def _ratio_test(hist: History):
         med = ratios[len(ratios) // 2]
         spread = max(abs(x - med) for x in ratios)
         if med > 0 and spread <= 0.02 * med:
-            logps = sorted(abs(lp) for _, lp in pairs)
-            return "free", med, logps[len(logps) // 2] < 10
+            return "free", med, _median_abs_logp(hist) < 10
         if med <= 0 or spread > 0.2 * abs(med):
             return "reference", None, None
     return None
 
 
-def _one(values) -> str | None:
-    vals = set(values or [])
-    return vals.pop() if len(vals) == 1 else None
+def _median_abs_logp(hist: History) -> float | None:
+    """The median |logps/chosen|: per-token averages (SimPO/ORPO) are a few nats, DPO's sums are tens or more."""
+    _, lp = hist.series("logps/chosen", "train")
+    finite = sorted(abs(v) for v in (lp or hist.series("logps/chosen", "eval")[1]) if math.isfinite(v))
+    return finite[len(finite) // 2] if finite else None
 
 
 def detect_method(hist: History, config: dict | None, method: str | None) -> tuple[str, str]:
@@ -100,10 +102,12 @@ def detect_method(hist: History, config: dict | None, method: str | None) -> tup
     if "kl" in used and used & {"rewards/chosen", "rewards/rejected", "logps/chosen"}:
         return "kto", "logged keys (kl beside the rewards: KTO)"
     where = "the notebook's code" if "notebook" in str(info.get("format")) else "the code in the file"
+    tagged = single(list(hints.get("tags", [])) + list(hints.get("title", [])))
+    code_loss = single(hints.get("loss_type"))
     trainers = set(hints.get("trainers", [])) & _CODE_METHODS
     if len(trainers) == 1:
         m = trainers.pop()
-        if m == "cpo" and _one(hints.get("loss_type")) == "simpo":
+        if m == "cpo" and code_loss == "simpo":
             return "simpo", f"{where} (CPOTrainer with loss_type='simpo')"
         return m, f"{where} ({m.upper()}Trainer/{m.upper()}Config)"
     ratio = _ratio_test(hist)
@@ -111,7 +115,6 @@ def detect_method(hist: History, config: dict | None, method: str | None) -> tup
         info["beta_from_log"] = ratio[1]
         how = f"rewards = {ratio[1]:.3g} × the policy's {'per-token' if ratio[2] else 'summed'} log-probs (no " \
               "reference model)"
-        tagged = _one(list(hints.get("tags", [])) + list(hints.get("title", [])))
         if tagged in ("orpo", "simpo", "cpo"):
             return tagged, f"{how}, and the card names {tagged.upper()}"
         if not ratio[2]:
@@ -124,20 +127,17 @@ def detect_method(hist: History, config: dict | None, method: str | None) -> tup
             if "nll_loss" in used else ""
         return "dpo", f"rewards move relative to a reference model, not with the policy's log-probs: DPO{extra}"
     if "nll_loss" in used and "logps/chosen" in used:
-        _, lp = hist.series("logps/chosen", "train") if hist.train else hist.series("logps/chosen", "eval")
-        finite = sorted(abs(v) for v in lp if math.isfinite(v))
-        if finite and finite[len(finite) // 2] < 10:  # DPO (even with an SFT term) logs summed log-probs
+        logp = _median_abs_logp(hist)
+        if logp is not None and logp < 10:  # DPO (even with an SFT term) logs summed log-probs
             return "simpo", "logged keys (nll_loss with per-token log-probs and no odds ratios: SimPO through " \
                             "TRL's CPO trainer)"
     trl_spelled = not set(info.get("aliases", {}).values()) & PREFERENCE_KEYS
     if used & PREFERENCE_KEYS and "nll_loss" not in used and trl_spelled:
         return "dpo", ("logged keys (TRL's rewards/logps without nll_loss, kl or odds ratios: TRL's other preference "
                        "trainers each log one of those)")
-    tagged = _one(list(hints.get("tags", [])) + list(hints.get("title", [])))
     if tagged:
         return tagged, f"the model card's tags/title ({tagged})"
-    code_loss = _one(hints.get("loss_type"))
-    if code_loss and len(set(hints.get("trainers", []))) == 0 and code_loss == "simpo":
+    if code_loss == "simpo" and not hints.get("trainers"):
         return "simpo", f"{where} (loss_type='simpo')"
     logged = sorted(used & (PREFERENCE_KEYS | {"loss", "nll_loss"}))
     return UNKNOWN, ("no method-specific keys, code, tags or reward scale in the file" +

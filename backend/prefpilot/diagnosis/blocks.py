@@ -81,6 +81,12 @@ _TAGS = re.compile(r"^tags:\s*\n((?:\s*-\s*.+\n)+)", re.M)
 _TAG_METHODS = {"dpo", "orpo", "kto", "simpo", "cpo"}
 
 
+def single(values):
+    """The value when a file states exactly one (a notebook that sweeps several says nothing); else None."""
+    vals = set(values or [])
+    return vals.pop() if len(vals) == 1 else None
+
+
 def code_hints(text: str, hints: dict) -> None:
     """Trainer classes, loss_type, beta and learning_rate written in code (a notebook's cells, a pasted script)."""
     for m in _TRAINER.finditer(text):
@@ -470,8 +476,6 @@ def text_blocks(text: str, where: str = "", hints: dict | None = None) -> list[B
         card.info["hyperparameters"] = hp
         blocks.append(card)
     if hints is not None:
-        if hp:
-            hints["hyperparameters"] = hp
         code_hints(text, hints)
         card_hints(text, hints)
     return blocks
@@ -549,9 +553,7 @@ def best(blocks: list[Block], info: dict, source: str) -> list[dict]:
     if skipped:
         info["skipped_blocks"] = [f"{b.describe()}: {b.contents()}" for b in skipped[:5]]
     for b in used:
-        info.update({k: v for k, v in b.info.items() if k not in ("hyperparameters",)})
-        if b.info.get("hyperparameters"):
-            info["hyperparameters"] = b.info["hyperparameters"]
+        info.update(b.info)
         info["notes"] += b.notes
     return rows
 

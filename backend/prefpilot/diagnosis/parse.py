@@ -1,14 +1,10 @@
 """Turn whatever a person has into rows of canonical metrics.
 
-Accepted: a run dir; metrics.jsonl; TRL/transformers trainer_state.json (its
-``log_history``); LLaMA-Factory's trainer_log.jsonl; a list of dicts; CSV/TSV exports
-(W&B, pandas); console output with the ``{'loss': ...}`` dicts transformers prints
-(tqdm bars and ``15 {...}`` step prefixes included); ``key=value`` lines from custom
-loops; the table transformers prints in notebooks and the "Training results" Markdown
-table (and results list) of a model card; TensorBoard event files (with the optional
-``tensorboard`` package). Metric names from other trainers are mapped to TRL's
-(``reward_margin`` -> ``rewards/margins``). Every row is a dict of floats (NaN/inf
-kept), with ``step``.
+This module owns the spellings (one alias table, :func:`canonical`), the fast paths for JSON/JSONL
+(trainer_state.json, metrics.jsonl, LLaMA-Factory's trainer_log.jsonl, lists of dicts), run dirs,
+TensorBoard event files, and the normalised :class:`History`. Every other container (notebooks, model
+cards, READMEs, CSV, pasted console output, other trainers' lines) is cut into candidate blocks by
+blocks.py, which picks the best. Every row is a dict of floats (NaN/inf kept), with ``step``.
 """
 from __future__ import annotations
 

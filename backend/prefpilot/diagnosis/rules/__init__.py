@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..blocks import single
 from ..parse import History
 
 # TRL's defaults, used only when neither the config nor the log says (and the report says so).
@@ -134,9 +135,8 @@ class Ctx:
 
 
 def _one_value(values) -> float | None:
-    """The value when the file states exactly one (a notebook that sweeps several says nothing)."""
-    vals = {v for v in values or [] if isinstance(v, float) and v > 0}
-    return vals.pop() if len(vals) == 1 else None
+    """A positive number the file states exactly once (see blocks.single)."""
+    return single(v for v in values or [] if isinstance(v, float) and v > 0)
 
 
 def sig(x: float) -> float:
