@@ -53,6 +53,22 @@ def ws(tmp_path):
     return tmp_path
 
 
+def test_diagnose_run_reads_a_real_notebook_and_card_in_the_workspace(ws):
+    """What an agent passes: the user's saved notebook or model card, not a table copied out by hand."""
+    logs = os.path.join(os.path.dirname(__file__), "real_logs")
+    for name in ("nb-unslothai-zephyr-dpo.ipynb", "card-huggingfaceh4-starchat2-15b.md"):
+        shutil.copy(os.path.join(logs, name), ws / name)
+    with session(ws) as (portal, client):
+        r = call(portal, client, "diagnose_run", {"metrics_path": "nb-unslothai-zephyr-dpo.ipynb"})
+        assert not r.is_error, text(r)
+        report = r.structured_content
+        assert report["verdict"] == "healthy" and report["method"] == "dpo"
+        assert report["parsed"]["block"].startswith("notebook HTML table (114 rows)")
+        r = call(portal, client, "diagnose_run", {"metrics_path": "card-huggingfaceh4-starchat2-15b.md"})
+        assert not r.is_error and "Training results" in r.structured_content["parsed"]["block"], text(r)
+        assert r.structured_content["parsed"]["skipped_blocks"]  # the benchmark tables above it
+
+
 def test_tools_resources_prompts_are_listed_with_schemas_and_annotations(ws):
     with session(ws) as (portal, client):
         tools = {t.name: t for t in portal.call(client.list_tools).tools}

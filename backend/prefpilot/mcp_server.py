@@ -432,13 +432,16 @@ def build_server(ws: Workspace) -> MCPServer:
                      method: Literal["dpo", "simpo", "cpo", "orpo", "kto"] | None = None, plot: bool = False
                      ) -> Annotated[CallToolResult, Diagnosis]:
         """Diagnose a preference run (run_id) or a log file inside the workspace (metrics.jsonl,
-        trainer_state.json, trainer_log.jsonl, CSV/TSV, a console log, a model card, TensorBoard events).
+        trainer_state.json, trainer_log.jsonl, CSV/TSV, a console log, a saved notebook (.ipynb), a model card
+        or README with several tables, TensorBoard events; parsed.block says which part of the file was read).
         One-row signatures (NaN anywhere, zero gradient, zero rewards, empty completions, reference
         mismatch, instant saturation, learning rate out of range) work on a few pasted lines; trend rules
         (no learning, chance accuracy, negative margins, degeneration, margin explosion, likelihood
         displacement, eval divergence, gradient spikes) need a run of points. verdict is healthy, problems
         or inconclusive (too few points: the report says what to log). The method (dpo/simpo/cpo/orpo/kto)
-        comes from the run's config or the logged keys and decides which rules run. Each finding has
+        comes from the run's config, else the evidence in the file (logged keys, a notebook's trainer, the
+        reward scale); "unknown" when nothing says, and then only method-independent rules run (pass
+        method to run the rest). Each finding has
         evidence, an explanation and remedies as config changes that say what they change from. With
         plot=true the curves also come back as a PNG image (~130 KB; off by default)."""
         from . import runs
