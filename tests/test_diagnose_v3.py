@@ -5,6 +5,7 @@ The real files of each format are in tests/real_logs (test_real_logs.py); these 
 of each piece on small inputs written to show one thing each.
 """
 import json
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +233,15 @@ def test_frozen_held_out_numbers_are_no_learning_for_any_method():
     for x, v in zip([x for x in moving if "eval_loss" in x], (2.18, 2.05, 1.93, 1.85)):
         x["eval_loss"] = v
     assert "no_learning" not in ids(diagnose(moving))
+
+
+def test_a_cut_short_or_malformed_notebook_says_so(tmp_path):
+    real = (Path(__file__).parent / "real_logs" / "nb-unslothai-zephyr-dpo.ipynb").read_text(encoding="utf-8")
+    cut = tmp_path / "cut.ipynb"
+    cut.write_text(real[:60000], encoding="utf-8")  # a download that stopped part-way
+    r = diagnose_source(str(cut), is_path=True)
+    assert any("not valid JSON" in n for n in r["parsed"]["notes"]) and 0 < r["parsed"]["rows"] < 114
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text('{"nbformat": 4, "cells": 5}')
+    with pytest.raises(PrefpilotError, match="notebook without a list of cells"):
+        load_history(bad)

@@ -161,6 +161,9 @@ def _from_json_obj(obj, info: dict) -> list[dict]:
     if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):
         info["format"] = "trainer_state.json"
         return obj["log_history"]
+    if isinstance(obj, dict) and "nbformat" in obj and not isinstance(obj.get("cells"), list):
+        raise PrefpilotError(f"{info.get('source') or 'the notebook'}: a notebook without a list of cells; save it "
+                             "again from Jupyter (or pass the training log itself)", code="unreadable_history")
     if isinstance(obj, dict) and isinstance(obj.get("cells"), list) and "nbformat" in obj:
         return blocks.best(blocks.notebook_blocks(obj, info.setdefault("hints", {})), info,
                            info.get("source") or "the notebook")
@@ -220,7 +223,9 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
         try:
             return _from_json_obj(json.loads(s), info)
         except ValueError:
-            pass
+            if '"nbformat"' in s[-2000:] or s.lstrip("{ \n").startswith('"cells"'):
+                info["notes"].append("the notebook is not valid JSON (cut short?): read as text, so only what "
+                                     "survives of its outputs is seen")
         except RecursionError:
             raise PrefpilotError("the JSON is nested too deeply to be a training log", code="unreadable_history") \
                 from None
