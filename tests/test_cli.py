@@ -106,3 +106,16 @@ def test_ctrl_c_during_the_demo_cancels_its_run(tmp_path):
     st = runs.status(run_id, root)
     assert st["state"] == "cancelled" and st["checkpoint"]
     assert not runs.pid_alive(pid), "the trainer is still running"
+
+
+def test_diagnose_keeps_its_verdict_when_the_reader_leaves_and_names_a_missing_file(tmp_path):
+    log = os.path.join(os.path.dirname(__file__), "real_logs", "trl-4023-grad-zero-rewards-zero.txt")
+    # `prefpilot diagnose LOG | head` where head is gone before the report is written: still exit 3 (problems)
+    p = subprocess.Popen([sys.executable, "-m", "prefpilot.cli", "diagnose", log], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=tmp_path)
+    p.stdout.close()
+    assert p.wait(timeout=120) == 3 and b"Traceback" not in p.stderr.read()
+    # a missing file that looks like a run id is reported as both a missing file and a missing run
+    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "diagnose", "metrics.jsonl"], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "no such file or directory" in r.stderr and "no run 'metrics.jsonl'" in r.stderr

@@ -321,11 +321,12 @@ def diagnose_target(target: str, root=None, max_bytes: int | None = None):
         return text, False
     if os.path.exists(target):
         return target, True
-    if runs.RUN_ID.match(target):
+    if runs.RUN_ID.match(target) and (runs.runs_root(root) / target / "status.json").is_file():
         return str(runs.run_path(target, root)), True
-    raise PrefpilotError(f"{target}: no such file, directory or run id (pass metrics.jsonl, trainer_state.json, "
-                         "a CSV, a log file, '-' for stdin, or a run id from `prefpilot runs list`)",
-                         code="not_found")
+    # a missing file ("metrics.jsonl") can look like a run id: say both places that were looked in
+    raise PrefpilotError(f"{target}: no such file or directory, and no run {target!r} under {runs.runs_root(root)} "
+                         "(pass metrics.jsonl, trainer_state.json, a notebook, a card, a CSV, a log file, '-' for "
+                         "stdin, or a run id from `prefpilot runs list`)", code="not_found")
 
 
 def cmd_diagnose(args) -> int:
@@ -345,7 +346,11 @@ def cmd_diagnose(args) -> int:
     except PrefpilotError as exc:  # input that is not a log: one line, exit 2 (documented)
         print(f"prefpilot diagnose: {exc}", file=sys.stderr)
         return 2
-    _print(report, args.json, lambda r: format_diagnosis(r) + (f"\nplot: {r['plot']}" if r.get("plot") else ""))
+    try:
+        _print(report, args.json, lambda r: format_diagnosis(r) + (f"\nplot: {r['plot']}" if r.get("plot") else ""))
+    except BrokenPipeError:  # `prefpilot diagnose ... | head`: the verdict is known, so its exit status still holds
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
     return DIAGNOSE_EXIT[report["verdict"]]
 
 
