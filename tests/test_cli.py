@@ -119,3 +119,11 @@ def test_diagnose_keeps_its_verdict_when_the_reader_leaves_and_names_a_missing_f
     r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "diagnose", "metrics.jsonl"], capture_output=True,
                        text=True, cwd=tmp_path)
     assert r.returncode == 2 and "no such file or directory" in r.stderr and "no run 'metrics.jsonl'" in r.stderr
+
+
+def test_a_healthy_report_offers_options_not_fixes(capsys):
+    from prefpilot.cli import main as cli
+    log = os.path.join(os.path.dirname(__file__), "real_logs", "nb-nerusskikh-llama3-70b-dpo-nl2fol.ipynb")
+    assert cli(["diagnose", log]) == 0  # healthy, with likelihood_displacement noted (info)
+    out = capsys.readouterr().out
+    assert "[info] likelihood_displacement" in out and "  option: " in out and "  fix: " not in out

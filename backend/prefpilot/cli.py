@@ -298,7 +298,8 @@ def format_diagnosis(r: dict) -> str:
                 f"{k}: {json.dumps(v)}" + (f" (from {rem['from'][k]['value']}, {rem['from'][k]['source']})"
                                           if k in rem.get("from", {}) else "")
                 for k, v in rem["change"].items()) or "(no config change)"
-            lines.append(f"  fix: {change} — {rem['why']}")
+            # an info finding is not a problem: its remedies are options, not fixes
+            lines.append(f"  {'fix' if f['severity'] != 'info' else 'option'}: {change} — {rem['why']}")
     if r.get("to_decide"):
         lines.append(f"\nto decide: {r['to_decide']}")
     return "\n".join(lines)
