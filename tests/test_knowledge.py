@@ -1,5 +1,6 @@
 """The skills' and the validator's claims about TRL 1.16 / transformers 5, checked by TRL's own code: its config
 parser, its dataclass defaults, its loss code and its trainer's refusals. Each of these claims was wrong before."""
+import os
 import tempfile
 import warnings
 
@@ -20,12 +21,13 @@ def trl_parse(cfg: dict, method: str):
     """Parse a config file with TRL's own TrlParser and the dataclasses its CLI (or a CPO script) uses."""
     from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, ScriptArguments, TrlParser
     from trl.experimental.cpo import CPOConfig
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        yaml.safe_dump({**cfg, "use_cpu": True, "bf16": False}, fh)
     types = (ScriptArguments, DPOConfig if method == "dpo" else CPOConfig, ModelConfig, DatasetMixtureConfig)
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():  # nothing left in the temp folder
+        path = os.path.join(d, "trl.yaml")
+        with open(path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump({**cfg, "use_cpu": True, "bf16": False}, fh)
         warnings.simplefilter("ignore")
-        return TrlParser(types).parse_args_and_config(args=["--config", fh.name])
+        return TrlParser(types).parse_args_and_config(args=["--config", path])
 
 
 def test_defaults_block_is_dpoconfigs_own():
@@ -62,6 +64,16 @@ def test_export_is_accepted_by_trls_dpo_cli_parser(tmp_path):
     assert dpo.beta == 0.1 and mixture.datasets[0].data_files.endswith("arith-prefs.train.jsonl")
     with pytest.raises(ValueError, match="Unknown arguments"):  # the unexported config is refused by TRL
         trl_parse({**BASE, "beta": 0.1}, "dpo")
+
+
+def test_export_refuses_a_config_that_does_not_validate(tmp_path, capsys):
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text(yaml.safe_dump({**BASE, "bta": 0.1, "max_prompt_length": 128,
+                                        "loss_type": ["sigmoid", "ipo"], "loss_weights": [1.0]}))
+    out = tmp_path / "trl.yaml"
+    assert cli(["export", "--trl", str(cfg_file), "-o", str(out)]) == 1 and not out.exists()
+    err = capsys.readouterr().err
+    assert "nothing was exported" in err and all(k in err for k in ("/bta", "/max_prompt_length", "/loss_weights"))
 
 
 def test_label_smoothing_is_ignored_by_sigmoid_and_read_by_the_others():

@@ -363,7 +363,13 @@ def cmd_export(args) -> int:
     import yaml
     from .config import load_config
     from .config.export import export_trl
-    cfg, notes = export_trl(load_config(args.config))
+    try:
+        cfg, notes = export_trl(load_config(args.config))
+    except PrefpilotError as exc:
+        if exc.code != "invalid_config":
+            raise
+        print(f"{args.config}: INVALID, nothing was exported\n{format_findings(exc.details)}", file=sys.stderr)
+        return 1  # as validate and train do for an invalid config
     text = yaml.safe_dump(cfg, sort_keys=False)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:

@@ -15,7 +15,13 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 
 
 def export_trl(config: dict) -> tuple[dict, list[str]]:
-    """(TRL config, notes on what was dropped or mapped)."""
+    """(TRL config, notes on what was dropped or mapped). A config that does not validate is refused: copying a
+    typo or a removed key into the TRL file only moves the failure to `trl dpo`."""
+    from .validate import validate
+    report = validate(config, complete=False)
+    if report["errors"]:
+        raise PrefpilotError(f"the config does not validate ({len(report['errors'])} error(s)); nothing was exported",
+                             code="invalid_config", details=report)
     cfg, notes = normalize(config)
     method = cfg["method"]
     out = {k: v for k, v in cfg.items() if k not in PREFPILOT_KEYS}
