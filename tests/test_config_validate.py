@@ -285,3 +285,21 @@ def test_normalised_simpo_config_validates_again_and_keeps_hinge():
     assert again["valid"], again["errors"]
     assert again["normalized"]["simpo_loss"] == "hinge" and again["normalized"]["loss_type"] == "simpo"
     assert again["normalized"]["simpo_gamma"] == first["normalized"]["simpo_gamma"]
+
+
+def test_typos_inside_hardware_are_errors_and_a_second_gamma_is_a_warning(tmp_path):
+    base = "model_name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct\ndataset_path: builtin:arith-prefs\n"
+    f = tmp_path / "hw.yaml"
+    f.write_text(base + "hardware: {gpu_mem_gb: 80, num_gpu: 8}\n")
+    r = run_cli("validate", str(f))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "/hardware/gpu_mem_gb" in out and "did you mean `gpu_memory_gb`" in out
+    assert "/hardware/num_gpu" in out and "`num_gpus`" in out
+    f.write_text(base + "hardware: {gpu_memory_gb: 80, num_gpus: 8}\n")
+    assert run_cli("validate", str(f)).returncode == 0  # the right names still pass
+    g = tmp_path / "g.yaml"
+    g.write_text("method: simpo\n" + base + "beta: 2.0\nsimpo_gamma: 1.4\ngamma_beta_ratio: 0.5\n")
+    warned = {w["path"]: w for w in validate(yaml.safe_load(g.read_text()), complete=False)["warnings"]}
+    assert warned["/simpo_gamma"]["code"] == "conflict" and "1.4" in warned["/simpo_gamma"]["message"]
+    agree = yaml.safe_load(g.read_text()) | {"simpo_gamma": 1.0}
+    assert "/simpo_gamma" not in {w["path"] for w in validate(agree, complete=False)["warnings"]}

@@ -130,7 +130,9 @@ def _schema_findings(config: dict, method: str) -> list:
     out = []
     for err in sorted(_validator(method).iter_errors(config), key=lambda e: list(e.absolute_path)):
         if err.validator == "additionalProperties":
-            continue  # reported per key, with suggestions, by _key_findings
+            if err.absolute_path:  # inside hardware: or diagnose: (top-level keys: _key_findings, with suggestions)
+                out += _nested_unknown(err)
+            continue
         leaf = best_match(err.context) if err.context else err
         s = leaf.schema if isinstance(leaf.schema, dict) else {}
         if leaf.validator == "type":
@@ -146,6 +148,35 @@ def _schema_findings(config: dict, method: str) -> list:
         if s.get("x-message"):
             message = f"{message} (got {leaf.instance!r})"
         out.append(finding(path, code, message, s.get("x-message")))
+    return out
+
+
+def _gamma_conflict(raw: dict, cfg: dict, method: str) -> list:
+    """SimPO's γ stated twice (simpo_gamma and gamma_beta_ratio × beta) with different values: the ratio wins in
+    normalize, so the explicit simpo_gamma would be dropped without a word."""
+    given, ratio = raw.get("simpo_gamma"), raw.get("gamma_beta_ratio")
+    if method != "simpo" or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (given, ratio)):
+        return []
+    used = cfg.get("simpo_gamma")
+    if not isinstance(used, (int, float)) or abs(used - given) <= 1e-9 * max(1.0, abs(given)):
+        return []
+    return [finding("/simpo_gamma", "conflict", f"simpo_gamma: {given:g} and gamma_beta_ratio: {ratio:g} (× beta = "
+                    f"{used:g}) disagree; the run uses gamma_beta_ratio's {used:g}",
+                    "keep one of simpo_gamma or gamma_beta_ratio")]
+
+
+def _nested_unknown(err) -> list:
+    """An unknown key inside a prefpilot block (`hardware: {gpu_mem_gb: 80}`): an error naming the key and the
+    closest known one, since an ignored typo there silently plans for another machine."""
+    import difflib
+    known = sorted((err.schema or {}).get("properties", {}))
+    block = _ptr(list(err.absolute_path))
+    out = []
+    for key in sorted(set(err.instance) - set(known)) if isinstance(err.instance, dict) else []:
+        near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+        hint = f"did you mean `{near[0]}`?" if near else f"known keys: {', '.join(known)}"
+        out.append(finding(f"{block}/{key}", "unknown_key", f"unknown key `{key}` in `{block.strip('/')}`; {hint}",
+                           f"rename it to `{near[0]}`" if near else f"use one of {', '.join(known)}"))
     return out
 
 
@@ -426,7 +457,7 @@ def validate(config, *, complete: bool = True, local: bool = False) -> Report:
     hw = resolve_hardware(config.get("hardware") if isinstance(config.get("hardware"), dict) else None)
     rule_errs, warnings = _rule_findings(cfg, config, method, hw)
     errors += rule_errs
-    warnings += _range_warnings(cfg, method) + _reach_warnings(cfg)
+    warnings += _range_warnings(cfg, method) + _reach_warnings(cfg) + _gamma_conflict(config, cfg, method)
     if complete:
         errors += _completeness(cfg)
         model_errs, model_warns = _model_findings(cfg)
