@@ -1,6 +1,7 @@
 """Training as processes: kill and resume, accelerate with 2 CPU processes, the CLI, Slurm emission."""
 import os
 import signal
+import shlex
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def test_cli_train_refuses_invalid_config(tmp_path, tiny):
 
 
 def test_emit_slurm(tmp_path, tiny):
-    cfg = write_config(tmp_path / "c.yaml", tiny, max_steps=3)
+    cfg = write_config(tmp_path / "c.yaml", tiny, max_steps=3, use_cpu=True)
     r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "train", str(cfg), "--emit", "slurm",
                         "--num-machines", "4", "--gpus-per-node", "8", "--run-dir", str(tmp_path / "r")],
                        env=ENV, capture_output=True, text=True)
@@ -79,14 +80,22 @@ def test_emit_slurm(tmp_path, tiny):
     s = r.stdout
     assert "#SBATCH --nodes=4" in s and "--num_processes 32" in s and '--machine_rank "$SLURM_NODEID"' in s
     assert '--main_process_ip "$MASTER_ADDR"' in s and "prefpilot.train.entry" in s
+    assert shlex.quote(sys.executable) in s  # this venv's interpreter, not a bare `python` from PATH
     subprocess.run(["bash", "-n"], input=s, text=True, check=True)  # the script parses
+    # a config that trains on the CPU: a GPU script from it says so; without use_cpu, no word
+    assert "use_cpu: true" in r.stderr and "4 node(s) × 8 GPU(s)" in r.stderr
+    write_config(cfg, tiny, max_steps=3)
+    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "train", str(cfg), "--emit", "slurm"], env=ENV,
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "use_cpu" not in r.stderr
 
 
 def test_slurm_script_quotes_every_value_and_refuses_newlines(tmp_path):
     from prefpilot.errors import PrefpilotError
     from prefpilot.train.launch import slurm_script
     run_dir = str(tmp_path / "my runs" / "it's here")  # a space and a quote: one argument each, still
-    script = slurm_script(str(tmp_path / "c.yaml"), run_dir, nodes=2, gpus_per_node=4, partition="gpu")
+    script = slurm_script(str(tmp_path / "c.yaml"), run_dir, nodes=2, gpus_per_node=4, partition="gpu",
+                          python="python")  # the stand-in below
     # run it with stand-ins for srun (runs its command), scontrol (a host name) and python (prints argv)
     bin_ = tmp_path / "bin"
     bin_.mkdir()

@@ -189,6 +189,10 @@ def cmd_train(args) -> int:
     run_dir = args.run_dir or default_run_dir(config)
     if args.emit == "slurm":
         from .train.launch import slurm_script
+        if config.get("use_cpu"):  # the script asks Slurm for GPUs; the config would not use them
+            print(f"warning: {args.config} sets use_cpu: true, but the script requests {args.num_machines or 2} "
+                  f"node(s) × {args.gpus_per_node} GPU(s) that the run would leave idle; drop use_cpu for a GPU "
+                  "cluster (or pass --gpus-per-node for what you mean)", file=sys.stderr)
         print(slurm_script(os.path.abspath(args.config), os.path.abspath(run_dir), nodes=args.num_machines or 2,
                            gpus_per_node=args.gpus_per_node, fsdp=args.fsdp and os.path.abspath(args.fsdp),
                            deepspeed=args.deepspeed and os.path.abspath(args.deepspeed),

@@ -60,8 +60,11 @@ def _slurm_checked(name: str, value: str, word: bool) -> str:
 
 def slurm_script(config_path: str, run_dir: str, *, nodes: int = 2, gpus_per_node: int = 8, job_name: str = "prefpilot",
                  time_limit: str = "24:00:00", fsdp: str | None = None, deepspeed: str | None = None,
-                 partition: str | None = None) -> str:
+                 partition: str | None = None, python: str | None = None) -> str:
     """An sbatch script: one task per node, each running accelerate launch with its node rank.
+
+    ``python``: the interpreter the nodes run, by default this one (sys.executable: the venv that has prefpilot,
+    which a cluster sees on its shared filesystem; a bare `python` works only from an activated venv).
 
     Every value from the caller is either checked to be a plain word (#SBATCH lines) or shell-quoted; the
     per-node variables ($SLURM_NODEID, $MASTER_ADDR) are expanded by the task's own shell."""
@@ -72,7 +75,7 @@ def slurm_script(config_path: str, run_dir: str, *, nodes: int = 2, gpus_per_nod
         _slurm_checked(name, value, word)
     launch = accelerate_argv(config_path, run_dir, num_processes=nodes * gpus_per_node, num_machines=nodes,
                              machine_rank=0, main_process_ip="$MASTER_ADDR", main_process_port=29500,
-                             fsdp=fsdp, deepspeed=deepspeed, cpu=False, python="python")
+                             fsdp=fsdp, deepspeed=deepspeed, cpu=False, python=python or sys.executable)
     i = launch.index("--machine_rank")
     launch[i + 1] = "$SLURM_NODEID"
     # inside the task: variables in double quotes (expanded there), everything else quoted literally
