@@ -323,3 +323,22 @@ def test_inspector_cli_when_npm_is_available(ws):
                        capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
     assert r.returncode == 0 and "formula" in r.stdout, r.stderr[-2000:]
     json.loads(r.stdout)
+
+
+def test_bad_prompt_requests_and_a_path_for_a_config_get_plain_errors(ws):
+    from mcp.shared.exceptions import MCPError
+    (ws / "run.yaml").write_text("model_name_or_path: m\ndataset_path: builtin:arith-prefs\n")
+    with session(ws) as (portal, client):
+        for name, args, expect in (("plan-preference-run", {}, "missing required argument(s): goal"),
+                                   ("plan-preference-run", {"goal": "x", "gaol": "y"}, "unknown argument(s): gaol"),
+                                   ("nope", {}, "unknown prompt 'nope'; prompts: plan-preference-run")):
+            with pytest.raises(MCPError) as err:
+                portal.call(client.get_prompt, name, args)
+            assert expect in err.value.message and "Internal server error" not in err.value.message
+        ok = portal.call(client.get_prompt, "plan-preference-run", {"goal": "terse answers"})
+        assert "terse answers" in ok.messages[0].content.text  # a good request still works
+        r = call(portal, client, "validate_config", {"config": "run.yaml"})
+        assert r.is_error and "pass the config as an object, or its YAML text as `yaml`" in text(r)
+        assert "errors.pydantic.dev" not in text(r)
+        r = call(portal, client, "launch_run", {"yaml": "run.yaml"})
+        assert r.is_error and "not a file path" in text(r)

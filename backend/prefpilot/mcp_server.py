@@ -225,15 +225,34 @@ def _refuse_unknown_arguments(mcp: MCPServer) -> None:
         validate = meta.validate_arguments
 
         def checked(arguments, _validate=validate, _allowed=allowed, _name=tool.name):
+            from pydantic_core import PydanticCustomError, ValidationError
             unknown = sorted(set(arguments or {}) - _allowed)
             if unknown:  # raised as the SDK's own argument error (a ValidationError), so it reaches the client
-                from pydantic_core import PydanticCustomError, ValidationError
                 why = PydanticCustomError("unknown_argument", "not an argument of this tool; its arguments are: "
                                           "{allowed}", {"allowed": ", ".join(sorted(_allowed)) or "none"})
                 raise ValidationError.from_exception_data(
                     _name, [{"type": why, "loc": (k,), "input": "(not shown)"} for k in unknown])
-            return _validate(arguments)
+            try:
+                return _validate(arguments)
+            except ValidationError as exc:  # pydantic's own text has a docs URL and no hint: say what to send
+                raise _plain_argument_errors(_name, exc, arguments or {}) from None
         object.__setattr__(meta, "validate_arguments", checked)  # a pydantic model: bypass its setattr
+
+
+def _plain_argument_errors(tool: str, exc, arguments: dict):
+    """pydantic's argument errors again as a ValidationError (the one type the SDK shows the client), each saying
+    which argument, what was wrong and what to send, without pydantic's docs URL."""
+    from pydantic_core import PydanticCustomError, ValidationError
+    items = []
+    for e in exc.errors(include_url=False):
+        got = arguments.get(e["loc"][0]) if e["loc"] else None
+        msg = f"{e['msg'].lower()} (got {type(got).__name__})"
+        if e["loc"] and e["loc"][0] == "config" and isinstance(got, str):
+            msg += ("; pass the config as an object, or its YAML text as `yaml` (a file path is not read: read the "
+                    "file and pass its text)")
+        items.append({"type": PydanticCustomError("bad_argument", "{why}", {"why": msg}), "loc": e["loc"],
+                      "input": "(not shown)"})
+    return ValidationError.from_exception_data(tool, items)
 
 
 def _one_config(config: dict | None, yaml_text: str | None) -> dict:
@@ -241,7 +260,14 @@ def _one_config(config: dict | None, yaml_text: str | None) -> dict:
         raise PrefpilotError("pass exactly one of `config` (an object) or `yaml` (YAML text)", code="bad_arguments")
     if yaml_text is not None:
         from .config.load import parse_config_text
-        return parse_config_text(yaml_text, "yaml argument")
+        try:
+            return parse_config_text(yaml_text, "yaml argument")
+        except PrefpilotError as exc:
+            if exc.code == "not_a_mapping" and "\n" not in yaml_text.strip():  # "run.yaml": a path, not its text
+                raise PrefpilotError(f"yaml argument {yaml_text.strip()[:80]!r} is one line, not a config: `yaml` takes "
+                                     "the config's text (key: value lines), not a file path; read the file and pass "
+                                     "its text", code="not_a_mapping") from None
+            raise
     if not isinstance(config, dict):
         raise PrefpilotError("config must be an object of TRL/prefpilot keys", code="not_a_mapping")
     return config
@@ -252,6 +278,31 @@ def _json_safe(obj):
 
 
 # ----------------------------------------------------------------------------- the server
+INVALID_PARAMS = -32602  # JSON-RPC's code for bad method parameters
+
+
+class _Server(MCPServer):
+    """The SDK's server, with prompt requests checked first: an unknown prompt or a missing/unknown argument
+    gets a JSON-RPC invalid-params error naming what to send, not "Internal server error" and a traceback."""
+
+    async def get_prompt(self, name, arguments=None, context=None):
+        from mcp.shared.exceptions import MCPError
+        prompt = self._prompt_manager.get_prompt(name)
+        if prompt is None:
+            known = ", ".join(p.name for p in self._prompt_manager.list_prompts())
+            raise MCPError(INVALID_PARAMS, f"unknown prompt {name!r}; prompts: {known}")
+        spec = {a.name: a for a in prompt.arguments or []}
+        given = dict(arguments or {})
+        missing = [a for a, arg in spec.items() if arg.required and a not in given]
+        unknown = sorted(set(given) - set(spec))
+        if missing or unknown:
+            parts = ([f"missing required argument(s): {', '.join(missing)}"] if missing else []) + \
+                    ([f"unknown argument(s): {', '.join(unknown)}"] if unknown else [])
+            raise MCPError(INVALID_PARAMS, f"prompt {name!r}: {'; '.join(parts)} (it takes: "
+                           f"{', '.join(f'{a} (required)' if arg.required else a for a, arg in spec.items())})")
+        return await super().get_prompt(name, given, context)
+
+
 INSTRUCTIONS = """prefpilot plans, validates, runs and diagnoses DPO and SimPO preference optimisation (TRL).
 Typical loop: plan_run -> validate_config -> launch_run -> run_status (poll) -> diagnose_run.
 explain_loss and read_skill explain loss types and hyperparameters; every value has a source.
@@ -260,7 +311,7 @@ Paths must lie inside the server's workspace; runs live under its runs root."""
 
 def build_server(ws: Workspace) -> MCPServer:
     from . import __version__
-    mcp = MCPServer(name="prefpilot", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    mcp = _Server(name="prefpilot", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
 
     # -- skills
     @mcp.tool(title="List the skills", annotations=READ_ONLY)
