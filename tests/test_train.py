@@ -224,3 +224,23 @@ def test_a_spent_lease_stops_the_run_with_a_checkpoint(tiny, tmp_path):
     assert time.time() - t0 < 120 and status["state"] == "cancelled" and "max_wall_time" in status["error"]
     assert status["checkpoint"] and (Path(status["checkpoint"]) / "trainer_state.json").is_file()
     assert 0 < status["step"] < 100000 and rows[-1]["step"] <= status["step"]
+
+
+def test_rows_with_the_wrong_columns_fail_validate_and_never_start(tmp_path):
+    """A JSONL with other columns: validate says why (with the columns it has); --max-bad-rows cannot start a run
+    with nothing to train on (it used to die in TRL with StopIteration)."""
+    import subprocess
+    import sys
+    data = tmp_path / "wrong.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "good": str(i + 1), "bad": str(i)}) + "\n"
+                            for i in range(3)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model_name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct\ndataset_path: {data}\n")
+    for argv in (["validate", str(cfg)], ["train", str(cfg), "--max-bad-rows", "3", "--run-dir", str(tmp_path / "r")]):
+        r = subprocess.run([sys.executable, "-m", "prefpilot.cli", *argv], capture_output=True, text=True)
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "none of the 3 rows is usable" in out and "bad, good, question" in out, out
+        assert "Traceback" not in out and not (tmp_path / "r").exists()
+    from prefpilot.train.data import check_rows
+    with pytest.raises(PrefpilotError, match="nothing to train on"):
+        check_rows([{"question": "x"}], "rows", max_bad_rows=5)

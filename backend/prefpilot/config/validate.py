@@ -429,6 +429,12 @@ def _completeness(cfg: dict) -> list:
         elif Path(dp).suffix.lower() not in (".jsonl", ".json", ".parquet", ".csv"):
             out.append(finding("/dataset_path", "dataset_format", f"{dp}: unsupported file type",
                                "use .jsonl, .json, .parquet or .csv"))
+        else:
+            from ..train.data import sample_problem  # pure Python (json/csv): no torch on this path
+            why = sample_problem(str(Path(dp).expanduser()))
+            if why:
+                out.append(finding("/dataset_path", "bad_data", why[:600],
+                                   "give TRL's columns: prompt, chosen, rejected (or chosen/rejected alone)"))
     return out
 
 

@@ -17,8 +17,9 @@ from ..errors import PrefpilotError
 MAX_LISTED = 10
 
 
-def read_rows(path: str) -> list[dict]:
-    """Rows of a local .jsonl/.json/.csv/.parquet file as dicts."""
+def read_rows(path: str, limit: int | None = None) -> list[dict]:
+    """Rows of a local .jsonl/.json/.csv/.parquet file as dicts (the first ``limit`` of a JSONL/CSV file only,
+    read without the rest: what validate samples)."""
     p = Path(path).expanduser()
     suffix = p.suffix.lower()
     try:
@@ -26,6 +27,8 @@ def read_rows(path: str) -> list[dict]:
             rows = []
             with open(p, encoding="utf-8") as fh:
                 for i, line in enumerate(fh, 1):
+                    if limit is not None and len(rows) >= limit:
+                        break
                     if line.strip():
                         try:
                             rows.append(json.loads(line))
@@ -42,7 +45,8 @@ def read_rows(path: str) -> list[dict]:
             return data
         if suffix == ".csv":
             with open(p, encoding="utf-8", newline="") as fh:
-                return list(csv.DictReader(fh))
+                reader = csv.DictReader(fh)
+                return [r for _, r in zip(range(limit), reader)] if limit is not None else list(reader)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
             return pq.read_table(p).to_pylist()
@@ -95,6 +99,9 @@ def check_rows(rows: list, source: str, max_bad_rows: int = 0) -> tuple[list, di
               "examples": [{"row": i, "problem": p} for i, p in bad[:MAX_LISTED]]}
     if not rows:
         raise PrefpilotError(f"{source}: no rows", code="bad_data", path="/dataset_path")
+    if len(bad) == len(rows):  # whatever --max-bad-rows allows, a run with nothing to train on must not start
+        raise PrefpilotError(f"{source}: none of the {len(rows)} rows is usable ({bad[0][1]} in row {bad[0][0]}"
+                             f"{_columns_hint(rows)}): nothing to train on", code="bad_data", path="/dataset_path")
     if len(bad) > max_bad_rows:
         listed = "; ".join(f"row {i}: {p}" for i, p in bad[:MAX_LISTED])
         raise PrefpilotError(f"{source}: {len(bad)} of {len(rows)} rows are unusable ({listed}"
@@ -104,6 +111,25 @@ def check_rows(rows: list, source: str, max_bad_rows: int = 0) -> tuple[list, di
     good = [r for i, r in enumerate(rows, 1) if i not in bad_idx]
     report["dropped"] = len(bad)
     return good, report
+
+
+def _columns_hint(rows: list) -> str:
+    """The columns the rows do have, when they are not TRL's: what the user has to map."""
+    cols = sorted({str(k) for r in rows[:50] if isinstance(r, dict) for k in r})
+    if not cols or {"chosen", "rejected"} <= set(cols):
+        return ""
+    return (f"; the rows have {', '.join(cols[:8])}{' …' if len(cols) > 8 else ''}, and TRL reads prompt/chosen/"
+            "rejected (strings or lists of {role, content} messages): rename or convert the columns")
+
+
+def sample_problem(path: str, n: int = 1000) -> str | None:
+    """For validate: None when the first ``n`` rows of a local file hold at least one usable pair, else why not."""
+    try:
+        rows = read_rows(path, limit=n) if Path(path).suffix.lower() in (".jsonl", ".csv") else read_rows(path)
+        check_rows(rows, str(path), max_bad_rows=len(rows))
+    except PrefpilotError as exc:
+        return str(exc)
+    return None
 
 
 def load_splits(cfg: dict, max_bad_rows: int = 0) -> tuple[list, list | None, dict]:
