@@ -303,3 +303,24 @@ def test_typos_inside_hardware_are_errors_and_a_second_gamma_is_a_warning(tmp_pa
     assert warned["/simpo_gamma"]["code"] == "conflict" and "1.4" in warned["/simpo_gamma"]["message"]
     agree = yaml.safe_load(g.read_text()) | {"simpo_gamma": 1.0}
     assert "/simpo_gamma" not in {w["path"] for w in validate(agree, complete=False)["warnings"]}
+
+
+def test_one_learning_rate_range_for_validate_diagnose_and_explain(capsys):
+    """SimPO's learning-rate range comes from one table: the validator's warning, the diagnosis finding and
+    `explain` quote the same numbers, and the diagnosis suggests the top of the typical range, not the edge."""
+    from prefpilot import skills
+    from prefpilot.cli import main as cli
+    from prefpilot.diagnosis import diagnose
+    r = skills.load_table("simpo")["ranges"]["learning_rate"]
+    typical, accepted = f"{r['typical'][0]:g}–{r['typical'][1]:g}", f"{r['sane'][0]:g}–{r['sane'][1]:g}"
+    cfg = {**BASE, "method": "simpo", "beta": 2.0, "learning_rate": 1e-5}
+    warned = {w["path"]: w["message"] for w in validate(cfg, complete=False)["warnings"]}
+    assert typical in warned["/learning_rate"] and accepted in warned["/learning_rate"]
+    rows = [{"step": s, "loss": 1.0 - 0.01 * s, "nll_loss": 1.0, "rewards/margins": 0.1 * s,
+             "logps/chosen": -1.0 - 0.01 * s, "learning_rate": 1e-5} for s in range(1, 8)]
+    f = {x["id"]: x for x in diagnose(rows, method="simpo", config=cfg)["findings"]}["lr_out_of_range"]
+    assert typical in f["explanation"] and accepted in f["explanation"]
+    assert f["remedies"][0]["change"] == {"learning_rate": r["typical"][1]}
+    assert cli(["explain", "sigmoid", "--method", "simpo"]) == 0
+    out = capsys.readouterr().out
+    assert f"typical {typical}, accepted {accepted}" in out and "{'" not in out and "\n###" not in out

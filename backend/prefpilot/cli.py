@@ -390,11 +390,27 @@ def cmd_explain(args) -> int:
     from .explain import explain_loss
     e = explain_loss(args.loss_type, args.method)
 
+    def row(h) -> str:  # a published row as a line, not a Python dict
+        if not isinstance(h, dict):
+            return str(h)
+        vals = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items()
+                         if k not in ("model", "source"))
+        return f"{h.get('model', '')}: {vals}" + (f" ({h['source']})" if h.get("source") else "")
+
     def human(e):
-        out = [f"{e['method'].upper()} loss_type {e['loss_type']} — {e['heading']}", "", e["explanation"], "",
+        # the skill's Markdown headings read as plain lines in a terminal
+        text = "\n".join(ln.lstrip("#").strip() + ":" if ln.startswith("#") else ln
+                         for ln in e["explanation"].splitlines())
+        out = [f"{e['method'].upper()} loss_type {e['loss_type']} — {e['heading']}", "", text, "",
                f"formula (per pair; tested against TRL): {e['formula']}", ""]
-        out += ["config:", *("  " + line for c in e["config_examples"][:1] for line in c.splitlines())]
-        out += ["", "starting values:"] + [f"  {h}" for h in e["starting_hyperparameters"][:4]]
+        if e["config_examples"]:
+            out += ["config:", *("  " + line for c in e["config_examples"][:1] for line in c.splitlines()), ""]
+        out += ["starting values (published rows):"] + [f"  {row(h)}" for h in e["starting_hyperparameters"][:4]]
+        lr = (e.get("typical_ranges") or {}).get("learning_rate")
+        if lr:  # the same range validate and diagnose check
+            out += ["", f"learning_rate: typical {lr['typical'][0]:g}–{lr['typical'][1]:g}, accepted "
+                        f"{lr['sane'][0]:g}–{lr['sane'][1]:g} (with LoRA {lr['lora'][0]:g}–{lr['lora'][1]:g}); "
+                        f"{lr['source']}"]
         return "\n".join(out)
     _print(e, args.json, human)
     return 0

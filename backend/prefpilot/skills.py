@@ -113,9 +113,10 @@ def render_table(method: str) -> str:
                         if k not in ("beta", "learning_rate", "batch_size", "source")) or "—",
               v.get("batch_size"), v["source"]] for lt, v in t["loss_types"].items()])
     ranges = "\n".join(f"- `{k}`: typical {_fmt(r['typical'][0])}–{_fmt(r['typical'][1])}, accepted without a "
-                       f"warning {_fmt(r['sane'][0])}–{_fmt(r['sane'][1])} ({r['source']})"
-                       for k, r in t["ranges"].items())
-    return f"{body}\n\nRanges the validator checks:\n\n{ranges}"
+                       f"warning {_fmt(r['sane'][0])}–{_fmt(r['sane'][1])}"
+                       + (f" ({_fmt(r['lora'][0])}–{_fmt(r['lora'][1])} with LoRA)" if "lora" in r else "")
+                       + f" ({r['source']})" for k, r in t["ranges"].items())
+    return f"{body}\n\nRanges the validator and the diagnosis check (the same numbers):\n\n{ranges}"
 
 
 FINDINGS_FILE = "preference-diagnostics/references/findings.yaml"

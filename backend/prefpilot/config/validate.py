@@ -315,12 +315,12 @@ def _range_warnings(cfg: dict, method: str) -> list:
     lr, beta = cfg.get("learning_rate"), cfg.get("beta")
     lr_r = ranges.get("learning_rate")
     if isinstance(lr, (int, float)) and lr_r:
-        hi = lr_r["sane"][1] * (20 if peft else 1)  # LoRA runs commonly use 5-10x the full fine-tuning rate
+        lo, hi = lr_r["lora"] if peft else lr_r["sane"]  # LoRA runs commonly use 5-10x the full fine-tuning rate
         if lr > hi:
-            out.append(finding("/learning_rate", "learning_rate_high", f"learning_rate {lr:g} is far above the usual "
-                               f"{lr_r['typical'][0]:g}–{lr_r['typical'][1]:g} for {method}"
-                               f"{' with LoRA' if peft else ''} ({lr_r['source']})",
-                               f"try {lr_r['typical'][1]:g}"))
+            out.append(finding("/learning_rate", "learning_rate_high", f"learning_rate {lr:g} is above the accepted "
+                               f"{lo:g}–{hi:g} for {method}{' with LoRA' if peft else ''} (typical "
+                               f"{lr_r['typical'][0]:g}–{lr_r['typical'][1]:g}; {lr_r['source']})",
+                               f"try {lr_r['typical'][1]:g}" if not peft else f"stay at or below {hi:g}"))
     beta_r = ranges.get("beta")
     losses = cfg.get("loss_type") if isinstance(cfg.get("loss_type"), list) else []
     if isinstance(beta, (int, float)) and beta > 0 and beta_r:

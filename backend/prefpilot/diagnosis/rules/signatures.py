@@ -298,41 +298,55 @@ def instant_saturation(ctx: Ctx):
                                        "overshooting")])
 
 
+def lr_ranges(ctx: Ctx) -> tuple[list, list, list]:
+    """(full fine-tuning, LoRA, typical) learning-rate ranges for the run's method. DPO's and SimPO's come from the
+    hyperparameter tables (the ranges validate, plan and explain quote); the other trainers' from findings.yaml."""
+    if ctx.method in ("dpo", "simpo"):
+        from ...skills import load_table
+        r = load_table(ctx.method)["ranges"]["learning_rate"]
+        return r["sane"], r["lora"], r["typical"]
+    t = ctx.th("lr_out_of_range")
+    full = t["full"][ctx.method]
+    return full, t["lora"][ctx.method], full
+
+
 def lr_out_of_range(ctx: Ctx):
     lr, src = ctx.lr
     if src.startswith("TRL"):
         return None  # nothing was said about the learning rate
-    t = ctx.th("lr_out_of_range")
-    full, lora = t["full"][ctx.method], t["lora"][ctx.method]
+    full, lora, typical = lr_ranges(ctx)
     peft = ctx.peft
     from_log = src != "config"  # a logged value may be mid-warm-up: only "too high" can be judged from it
     if peft is not None:
         lo, hi = lora if peft else full
         kind = "LoRA" if peft else "full fine-tuning"
         if lr > hi:
-            sev, where = "warning", f"above the usual {lo:g}–{hi:g} for {ctx.method.upper()} {kind}"
+            sev, where = "warning", f"above the accepted {lo:g}–{hi:g} for {ctx.method.upper()} {kind}"
         elif lr < lo and not from_log:
-            sev, where = "warning", f"below the usual {lo:g}–{hi:g} for {ctx.method.upper()} {kind}"
+            sev, where = "warning", f"below the accepted {lo:g}–{hi:g} for {ctx.method.upper()} {kind}"
         else:
             return None
     else:
         if lr > lora[1]:
-            sev, where = "warning", (f"above the usual range for {ctx.method.upper()} with full fine-tuning "
+            sev, where = "warning", (f"above the accepted range for {ctx.method.upper()} with full fine-tuning "
                                      f"({full[0]:g}–{full[1]:g}) and with LoRA ({lora[0]:g}–{lora[1]:g})")
         elif lr > full[1]:
-            sev, where = "info", (f"above the usual {full[0]:g}–{full[1]:g} for {ctx.method.upper()} full "
+            sev, where = "info", (f"above the accepted {full[0]:g}–{full[1]:g} for {ctx.method.upper()} full "
                                   f"fine-tuning, though within the LoRA range {lora[0]:g}–{lora[1]:g} (no config "
                                   "says whether this run uses LoRA)")
         elif lr < full[0] and not from_log:
-            sev, where = "warning", f"below the usual {full[0]:g}–{full[1]:g} for {ctx.method.upper()}"
+            sev, where = "warning", f"below the accepted {full[0]:g}–{full[1]:g} for {ctx.method.upper()}"
         else:
             return None
-    target = (lora if peft else full)[1] if lr > full[1] else full[0]
+    # back inside the range people use, not to its edge (the edge of "accepted" is not a recommendation)
+    target = typical[1] if lr > full[1] and not peft else (lora[1] if lr > full[1] else typical[0])
     steps, _ = ctx.finite("learning_rate", "train")
     return finding(ctx, "lr_out_of_range", [steps[0], steps[-1]] if steps else None,
                    {"learning_rate": lr, "source": src, "full_range": full, "lora_range": lora,
                     "use_peft": "unknown" if peft is None else peft},
-                   f"Learning rate {num(lr)} ({src}) is {where}. Too high a rate saturates or "
+                   f"Learning rate {num(lr)} ({src}) is {where} (typical {typical[0]:g}–{typical[1]:g}). "
+                   "Too high a rate saturates or "
                    "diverges within a few hundred steps; too low a rate leaves the policy at the reference.",
-                   [remedy(ctx, {"learning_rate": target}, "the edge of the published range for this method")],
+                   [remedy(ctx, {"learning_rate": target}, "the top of the typical range for this method"
+                           if target == typical[1] else "back inside the published range for this method")],
                    severity=sev)
