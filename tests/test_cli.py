@@ -127,3 +127,21 @@ def test_a_healthy_report_offers_options_not_fixes(capsys):
     assert cli(["diagnose", log]) == 0  # healthy, with likelihood_displacement noted (info)
     out = capsys.readouterr().out
     assert "[info] likelihood_displacement" in out and "  option: " in out and "  fix: " not in out
+
+
+def test_plan_and_parser_messages_name_the_users_input(tmp_path):
+    """A missing dataset is the user's input, not an internal error; a plan without a model size says nothing was
+    estimated; a missing subcommand lists the ones to pick from; a schema typo gets a suggestion."""
+    def run(*argv):
+        r = subprocess.run([sys.executable, "-m", "prefpilot.cli", *argv], capture_output=True, text=True, cwd=tmp_path)
+        return r.returncode, r.stdout + r.stderr
+    rc, out = run("plan", "--dataset-path", "missing.jsonl")
+    assert rc == 1 and "dataset_path: dataset file missing.jsonl does not exist" in out and "internal" not in out
+    rc, out = run("plan", "--model", "foo/bar")
+    assert rc == 0 and "no memory savers needed" not in out and "nothing was estimated" in out
+    rc, out = run("runs")
+    assert rc == 2 and "{launch,status,cancel,resume,list,logs}" in out and "runs_cmd" not in out
+    rc, out = run()
+    assert rc == 2 and "diagnose" in out.splitlines()[-1] and ": cmd" not in out
+    rc, out = run("schemas", "show", "dpo", "bta")
+    assert rc != 0 and "did you mean beta" in out

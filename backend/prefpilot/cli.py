@@ -163,7 +163,10 @@ def cmd_schemas(args) -> int:
         s = schema(args.method)
         if args.key:
             if args.key not in s["properties"]:
-                raise PrefpilotError(f"no key {args.key!r} in the {args.method} schema", code="unknown_key")
+                import difflib
+                near = difflib.get_close_matches(args.key, list(s["properties"]), n=3, cutoff=0.6)
+                raise PrefpilotError(f"no key {args.key!r} in the {args.method} schema"
+                                     + (f"; did you mean {', '.join(near)}?" if near else ""), code="unknown_key")
             print(json.dumps(s["properties"][args.key], indent=2, ensure_ascii=False))
         else:
             print(json.dumps(s, indent=1, ensure_ascii=False))
@@ -609,7 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = ss.add_parser("show", help="print a schema, or one key's entry")
     g.add_argument("method", choices=["dpo", "simpo"], help="whose schema")
     g.add_argument("key", nargs="?", help="one config key (default: the whole schema)")
+    _name_subcommands(ap)
     return ap
+
+
+def _name_subcommands(parser: argparse.ArgumentParser) -> None:
+    """A missing subcommand is reported as the list to pick from ("required: {list,status,...}"), not as argparse's
+    internal dest name ("required: runs_cmd")."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = "{" + ",".join(action.choices) + "}"
+            for child in action.choices.values():
+                _name_subcommands(child)
 
 
 def main(argv=None) -> int:

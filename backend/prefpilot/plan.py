@@ -242,10 +242,19 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     if gpu and (hw.get("num_gpus") or 1) > 1:
         rationale.append(f"{hw['num_gpus']} GPUs: the estimate assumes FSDP full sharding "
                          "(`prefpilot train --launcher accelerate --num-processes N --fsdp ...`)")
-    if not savers:
+    if not savers and est.get("known"):
         rationale.append("no memory savers needed: the estimate fits in 85% of device memory, so gradient "
                          "checkpointing stays off (TRL turns it on by default, costing ~30% speed)")
+    elif not savers:  # no size, no estimate: say what was not decided rather than that it fits
+        rationale.append("memory savers not chosen: the model's size is unknown, so nothing was estimated (pass "
+                         "--model-params, e.g. 7e9, for a plan that fits the machine)")
     report = validate(cfg)
+    user = [e for e in report["errors"] if e["path"] in ("/dataset_path", "/model_name_or_path", "/dataset_name")]
+    if user:  # what the caller named is missing or unreadable: their input, said like the validator says it
+        e = user[0]
+        raise PrefpilotError(f"{e['path'].lstrip('/')}: {e['message']}" + (f" → {e['suggestion']}"
+                                                                           if e.get("suggestion") else ""),
+                             code=e["code"], path=e["path"])
     if not report["valid"]:  # a planner bug, not a user error: say so plainly
         raise PrefpilotError(f"internal: planned config does not validate: {report['errors']}", code="internal")
     return {"config": cfg, "rationale": rationale, "memory_savers": savers, "estimate": est,
