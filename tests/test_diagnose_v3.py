@@ -114,6 +114,14 @@ def test_wandb_summary_lines_and_csv_export():
                "wandb: Synced 5 W&B file(s)")
     h = load_history(summary)
     assert h.info["format"] == "summary lines (name value)" and h.train[0]["grad_norm"] == 0.0
+    # a wandb-summary.json: the run's last values, with train_runtime beside them (not transformers' end summary)
+    wsum = {"train/loss": 1.2, "train/rewards/margins": 0.3, "eval/loss": 1.3, "train_runtime": 2658.9,
+            "train_loss": 1.5, "_wandb": {"runtime": 2672}, "_step": 128}
+    h = load_history(json.dumps(wsum))
+    assert h.train[0]["rewards/margins"] == 0.3 and h.eval[0]["loss"] == 1.3
+    end = {"train_runtime": 2658.9, "train_samples_per_second": 0.75, "train_loss": 1.5, "epoch": 2.0}
+    with pytest.raises(PrefpilotError):  # transformers' own end-of-training line alone is no log
+        load_history([end])
     csv = ('Step,"run-a - train/loss","run-a - train/loss__MIN","run-a - train/loss__MAX","run-a - train/rewards/margins"\n'
            + "".join(f'{s},{0.69 - 0.001 * s},0.6,0.7,{0.01 * s}\n' for s in range(1, 60)))
     h = load_history(csv)

@@ -11,8 +11,7 @@ from real_log_labels import HELDOUT, HELDOUT_DIR, HERE, LABELS, check
 def test_corpus_is_large_labelled_and_sourced():
     everything = LABELS + HELDOUT
     assert len(everything) >= 80
-    # the goal is a quarter; 24 of 98 (24.5%) are held out today: logs arrived in batches and were split on arrival
-    assert len(HELDOUT) / len(everything) >= 0.24, "about a quarter is held out"
+    assert len(HELDOUT) * 4 >= len(everything), "a quarter is held out"
     assert sum(lab["file"].endswith(".ipynb") for lab in everything) >= 10, "saved notebooks, as users pass them"
     held = {p.name for p in HELDOUT_DIR.iterdir()} - {"labels.yaml"}
     assert held == {lab["file"] for lab in HELDOUT}
@@ -38,10 +37,12 @@ def test_real_log_label(label):
         assert check(label, report) == [], report["summary"]
 
 
-# Measured once the rules were done (bench/real_logs.py --all): 17 of 24 held-out labels hold (71%), short of the
-# 90% goal; the README says so. This guards that rate against regressions; raising it needs new rules judged on
-# the tuned split and then a fresh held-out batch, not fixes aimed at these files.
-HELDOUT_FLOOR = 17 / 24
+# Measured once the rules were done (bench/real_logs.py --all): 17 of the first 24 held-out labels held (71%),
+# short of the 90% goal; the README says so. Two W&B run summaries added later were refused at first (a reader
+# bug they found: train_runtime beside the metrics marked the row as transformers' end summary), so that batch
+# scored 17/26 blind and 19/26 (73%) with the reader fixed. This guards the rate against regressions; raising it
+# needs new rules judged on the tuned split and then a fresh held-out batch, not fixes aimed at these files.
+HELDOUT_FLOOR = 19 / 26
 
 
 def test_held_out_split_holds_at_its_reported_rate():

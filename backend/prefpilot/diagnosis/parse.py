@@ -393,6 +393,7 @@ def _key_plan(k) -> tuple[str, str | None, bool, str]:
 
 
 _NUMBER = {float, int}
+_SUMMARY_ONLY = {None, "loss", "epoch", "step"}
 _CONTEXT_KEYS = {"epoch", "learning_rate"}
 
 
@@ -431,8 +432,10 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
         if not isinstance(r, dict):
             skipped_rows += 1
             continue
-        if "train_runtime" in r:
-            other.update(map(str, r))  # the end-of-training summary, not a logging step
+        # transformers' end-of-training summary (train_runtime, train_loss, epoch) is not a logging step; a W&B run
+        # summary also carries train_runtime, but beside the run's last metrics, which are kept
+        if "train_runtime" in r and {canonical(k)[1] for k in r} <= _SUMMARY_ONLY:
+            other.update(map(str, r))
             continue
         shape = tuple(r)
         plan = plans.get(shape)
