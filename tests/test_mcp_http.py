@@ -31,6 +31,7 @@ def server(tmp_path):
     port = free_port()
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-for-tests-0123456789\n")
+    token_file.chmod(0o600)  # a token file others can read is refused
     p = subprocess.Popen([sys.executable, "-m", "prefpilot.cli", "mcp", "--transport", "streamable-http",
                           "--port", str(port), "--workspace", str(tmp_path), "--token-file", str(token_file)],
                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -269,7 +269,7 @@ def cmd_runs(args) -> int:
     elif args.runs_cmd == "cancel":
         _print(runs.cancel(args.run_id, root, grace=args.grace), args.json, format_status)
     elif args.runs_cmd == "resume":
-        _print(runs.resume(args.run_id, root), args.json, format_status)
+        _print(runs.resume(args.run_id, root, max_wall_time=args.max_wall_time), args.json, format_status)
     elif args.runs_cmd == "logs":
         print(runs.logs(args.run_id, root, tail=args.tail))
     return 0
@@ -535,6 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cancel":
             g.add_argument("--grace", type=_ranged(float, 0, 3600, "seconds"), default=60.0,
                            help="seconds the trainer gets to checkpoint before it is killed (default 60)")
+        if name == "resume":
+            g.add_argument("--max-wall-time", type=_ranged(float, 1, 10 * 365 * 86400, "seconds"), default=None,
+                           metavar="S", help="a new total lease for the run, resumes included (one whose "
+                                             "max_wall_time is spent continues only with this)")
     g = runs_parser("list", "all runs, newest first")
     g.add_argument("--json", action="store_true", help=JSON_HELP)
     g = runs_parser("logs", "the tail of a run's train.log")

@@ -24,13 +24,38 @@ log = logging.getLogger("prefpilot.mcp")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _read_token(path: Path) -> str:
+TOKEN_MAX_BYTES = 4096
+
+
+def _read_token(path: Path, what: str = "--token-file", follow: bool = True) -> str:
+    """The token in ``path``: a regular file only this user can read (a FIFO, /dev/zero or a world-readable
+    file is refused, never waited on or trusted), UTF-8, at least 16 characters."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise PrefpilotError(f"--token-file {path}: cannot read it ({exc.strerror})", code="bad_token") from None
+        why = "it is a symbolic link (refused)" if not follow and os.path.islink(path) else exc.strerror
+        raise PrefpilotError(f"{what} {path}: cannot read it ({why})", code="bad_token") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PrefpilotError(f"{what} {path}: not a regular file; put the token in a file", code="bad_token")
+        if st.st_mode & 0o077:
+            raise PrefpilotError(f"{what} {path}: readable or writable by other users (mode "
+                                 f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`", code="bad_token")
+        if st.st_uid != os.getuid():
+            raise PrefpilotError(f"{what} {path}: owned by another user; use a token file of your own",
+                                 code="bad_token")
+        data = fh.read(TOKEN_MAX_BYTES + 1)
+    if len(data) > TOKEN_MAX_BYTES:
+        raise PrefpilotError(f"{what} {path}: over {TOKEN_MAX_BYTES} bytes; a token file holds one token",
+                             code="bad_token")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise PrefpilotError(f"{what} {path}: not UTF-8 text; write the token as text", code="bad_token") from None
     if len(token) < 16:
-        raise PrefpilotError(f"--token-file {path}: the token is shorter than 16 characters", code="bad_token")
+        raise PrefpilotError(f"{what} {path}: the token is shorter than 16 characters", code="bad_token")
     return token
 
 
@@ -52,10 +77,14 @@ def resolve_token(workspace: Path, host: str, token_file: str | None, no_auth: b
     if not loopback:
         raise PrefpilotError(f"--host {host} is reachable from other machines: give a token with --token-file or "
                              "$PREFPILOT_MCP_TOKEN (a generated one is only for 127.0.0.1)", code="unsafe_host")
-    path = workspace / ".prefpilot" / "mcp-token"
-    if path.is_file():
-        return _read_token(path), False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = workspace / ".prefpilot"
+    path = folder / "mcp-token"
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise PrefpilotError(f"{folder} is a symbolic link or not a folder: a token there could be planted; remove "
+                             "it, or give --token-file", code="bad_token")
+    if os.path.lexists(path):  # only a private regular file of ours is reused
+        return _read_token(path, "the generated token", follow=False), False
+    folder.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)  # 0600 from the start
     with os.fdopen(fd, "w") as fh:

@@ -14,6 +14,8 @@ import inspect
 import io
 import json
 import logging
+import os
+from pathlib import Path
 import sys
 from typing import Annotated, Any, Literal
 
@@ -205,16 +207,6 @@ def tool_errors_async(fn):
 OBSERVE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
-def _check_capacity(ws: Workspace) -> None:
-    """At most ws.max_concurrent_runs trainings at once on this machine (default: one per GPU, one on CPU)."""
-    from . import runs
-    active = runs.active_runs(ws.runs_root)
-    if len(active) >= ws.max_concurrent_runs:
-        raise PrefpilotError(f"{len(active)} run(s) already active ({', '.join(active)}); this server allows "
-                             f"{ws.max_concurrent_runs} at a time (--max-concurrent-runs). Wait for one (wait_run) "
-                             "or cancel one first", code="too_many_runs")
-
-
 def _refuse_unknown_arguments(mcp: MCPServer) -> None:
     """An argument a tool does not take is an error naming the ones it takes (the SDK drops it silently: a
     misspelt `grace_second` would run with the default). Wraps each tool's argument validation; the SDK keeps
@@ -379,10 +371,11 @@ def build_server(ws: Workspace) -> MCPServer:
         if dry_run:
             return {"run_id": None, "run_dir": None, "state": "not started", "dry_run": True, "report": report,
                     "next": "call launch_run again without dry_run to start it"}
-        _check_capacity(ws)
-        if ws.max_wall_time and "max_wall_time" not in cfg:
-            cfg["max_wall_time"] = ws.max_wall_time  # the server's lease for unattended runs
-        run_id = runs.launch(cfg, ws.runs_root)
+        if ws.max_wall_time:  # the operator's lease is a ceiling: a config may ask for less, never more
+            asked = cfg.get("max_wall_time")
+            cfg["max_wall_time"] = min(asked, ws.max_wall_time) if isinstance(asked, (int, float)) else ws.max_wall_time
+        # relative paths are the workspace's, and the count of active runs and the start are one locked step
+        run_id = runs.launch(cfg, ws.runs_root, base=ws.root, max_active=ws.max_concurrent_runs)
         st = runs.status(run_id, ws.runs_root)
         return {"run_id": run_id, "run_dir": st["run_dir"], "state": st["state"], "dry_run": False,
                 "report": report, "next": f"wait_run('{run_id}') or run_status('{run_id}'); diagnose_run('{run_id}') "
@@ -434,8 +427,8 @@ def build_server(ws: Workspace) -> MCPServer:
     def resume_run(run_id: str) -> RunStatus:
         """Restart a failed or cancelled run from its last complete checkpoint (from the start if none)."""
         from . import runs
-        _check_capacity(ws)
-        return _json_safe(runs.resume(run_id, ws.runs_root))
+        return _json_safe(runs.resume(run_id, ws.runs_root, max_active=ws.max_concurrent_runs,
+                                      lease_ceiling=ws.max_wall_time))
 
     @mcp.tool(title="Wait for a run", annotations=OBSERVE)
     @tool_errors_async
@@ -574,6 +567,10 @@ def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, w
     ws = Workspace.create(workspace, runs_root, allow_remote_code, allow_network=allow_network,
                           max_concurrent_runs=max_concurrent_runs, max_wall_time=max_wall_time)
     server = build_server(ws)
+    if token_file:
+        token_file = str(Path(token_file).expanduser().absolute())  # given relative to where the server started
+    if ws.root.is_dir():
+        os.chdir(ws.root)  # a relative path anything resolves (TRL, datasets, validation) lands in the workspace
     if transport == "stdio":
         server.run("stdio")
         return 0

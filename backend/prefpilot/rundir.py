@@ -10,9 +10,11 @@ Light (no torch): the run manager, the diagnosis and the MCP server read these t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -24,18 +26,43 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, default=str)
+        fh.write(text)
     os.replace(tmp, path)
 
 
-def read_status(run_dir: Path) -> dict:
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str))
+
+
+def open_regular(path: Path, mode: str = "rb"):
+    """Open a run file for reading only if it is a regular file: a FIFO planted as status.json or train.log
+    must not block a status call (O_NONBLOCK makes the open itself return), and a device is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        return json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+STATUS_MAX_BYTES = 4 << 20
+
+
+def read_status(run_dir: Path) -> dict:
+    """status.json as a dict; {} when it is missing, being replaced, unreadable or not a JSON object."""
+    try:
+        with open_regular(Path(run_dir) / "status.json") as fh:
+            st = json.loads(fh.read(STATUS_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):
         return {}
+    return st if isinstance(st, dict) else {}  # a list or number written by hand must not break every listing
 
 
 def update_status(run_dir: Path, **fields) -> dict:
@@ -46,10 +73,14 @@ def update_status(run_dir: Path, **fields) -> dict:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, timeout: float = 30.0):
-    """Make launch/resume/cancel of one run exclusive (flock on <run dir>/.lock; freed if the holder dies)."""
+def run_lock(run_dir: Path, timeout: float = 30.0, name: str = ".lock",
+             busy: str = "another launch, resume or cancel of this run"):
+    """Make launch/resume/cancel of one run exclusive (flock on <run dir>/.lock; freed if the holder dies).
+
+    With ``name=".launch.lock"`` on the runs root it makes "count the active runs, then start one" atomic
+    across threads and processes (the concurrency limit)."""
     import fcntl
-    fh = open(Path(run_dir) / ".lock", "a+")
+    fh = open(Path(run_dir) / name, "a+")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -59,8 +90,8 @@ def run_lock(run_dir: Path, timeout: float = 30.0):
             except OSError:
                 if time.monotonic() > deadline:
                     from .errors import PrefpilotError
-                    raise PrefpilotError(f"{run_dir}: another launch, resume or cancel of this run has been busy "
-                                         f"for {timeout:g} s; try again", code="run_busy") from None
+                    raise PrefpilotError(f"{run_dir}: {busy} has been busy for {timeout:g} s; try again",
+                                         code="run_busy") from None
                 time.sleep(0.05)
         yield
     finally:
@@ -83,12 +114,18 @@ def append_metrics(run_dir: Path, row: dict) -> None:
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line being written right now
+    try:
+        with open_regular(path) as fh:
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line being written right now
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -114,7 +151,7 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 def tail_lines(path: Path, n: int, max_bytes: int = 1 << 20) -> list[str]:
     """The last ``n`` lines of a text file without reading all of a long log."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(max(0, size - max_bytes))
@@ -129,7 +166,9 @@ def last_metrics(run_dir: Path) -> dict | None:
     """The newest complete row of metrics.jsonl."""
     for line in reversed(tail_lines(Path(run_dir) / "metrics.jsonl", 5, max_bytes=64 * 1024)):
         try:
-            return json.loads(line)
+            row = json.loads(line)
         except ValueError:
             continue
+        if isinstance(row, dict):
+            return row
     return None

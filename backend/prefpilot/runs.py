@@ -8,6 +8,7 @@ directory, so status is right after the caller restarts.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -132,44 +133,69 @@ def _spawn(run_dir: Path, args: list[str], secrets: dict | None = None) -> dict:
     return {"pid": proc.pid, "pid_started": stat[1] if stat else None}
 
 
-def _absolutise_paths(config: dict) -> dict:
-    """The trainer runs in the run dir: make local dataset/model paths absolute first."""
+def _absolutise_paths(config: dict, base: Path) -> dict:
+    """The trainer runs in the run dir: make local dataset/model paths absolute first, relative to ``base``
+    (the caller's folder for the CLI, the workspace for the MCP server: never the server's own cwd)."""
     cfg = dict(config)
     for key in ("dataset_path", "model_name_or_path", "dataset_name"):
         v = cfg.get(key)
-        if isinstance(v, str) and not v.startswith("builtin:") and Path(v).exists():
-            cfg[key] = str(Path(v).resolve())
+        if isinstance(v, str) and v and not v.startswith("builtin:"):
+            p = Path(v).expanduser()
+            p = p if p.is_absolute() else base / p
+            if p.exists():
+                cfg[key] = str(p.resolve())
     return cfg
 
 
 # ----------------------------------------------------------------------------- the API
-def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_rows: int = 0) -> str:
-    """Validate, create the run dir, start training detached; returns the run id at once."""
+def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_rows: int = 0,
+           base: str | Path | None = None, max_active: int | None = None) -> str:
+    """Validate, create the run dir, start training detached; returns the run id at once.
+
+    Relative paths in ``config`` are read against ``base`` (default: the current folder). ``max_active``
+    refuses the launch when that many runs are already queued or running under the root."""
     from .config.validate import validate
+    config = _absolutise_paths(config, Path(base or ".").resolve())
     report = validate(config, local=True)  # it trains here: memory must fit
     if not report["valid"]:
         msg = "; ".join(f"{e['path'] or '/'}: {e['message']}" for e in report["errors"])
         raise PrefpilotError(f"invalid config, nothing was started: {msg}", code="invalid_config", details=report)
     root = runs_root(runs_root_dir)
     root.mkdir(parents=True, exist_ok=True)
-    cfg = _absolutise_paths(config)
-    for _ in range(10):
-        run_id = new_run_id(report["normalized"])
-        d = root / run_id
-        try:
-            d.mkdir()  # never share a directory: a collision just draws a new id
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 10 collisions of 24 random bits in the same second
-        raise PrefpilotError(f"could not create a new run dir under {root}", code="run_dir_collision")
-    cfg, secrets = split_secrets(cfg)  # a token goes to the trainer's environment, not into config.yaml
-    with rundir.run_lock(d):
-        (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-        rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())
-        args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
-        _start(d, args, secrets)
+    with _capacity(root, max_active):
+        for _ in range(10):
+            run_id = new_run_id(report["normalized"])
+            d = root / run_id
+            try:
+                d.mkdir()  # never share a directory: a collision just draws a new id
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 10 collisions of 24 random bits in the same second
+            raise PrefpilotError(f"could not create a new run dir under {root}", code="run_dir_collision")
+        cfg, secrets = split_secrets(config)  # a token goes to the trainer's environment, not into config.yaml
+        with rundir.run_lock(d):
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+            rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())
+            args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
+            _start(d, args, secrets)
     return run_id
+
+
+@contextlib.contextmanager
+def _capacity(root: Path, max_active: int | None):
+    """Hold the root's launch lock while counting active runs and starting one: four parallel launches with a
+    limit of one start one trainer, not four (the count alone was check-then-act)."""
+    if not max_active:
+        yield
+        return
+    with rundir.run_lock(root, name=".launch.lock", busy="another launch under this runs root"):
+        active = active_runs(root)
+        if len(active) >= max_active:
+            raise PrefpilotError(f"{len(active)} run(s) already active ({', '.join(active)}); at most {max_active} "
+                                 "at a time here (--max-concurrent-runs). Wait for one (wait_run) or cancel one "
+                                 "first", code="too_many_runs")
+        yield
 
 
 def _start(d: Path, args: list[str], secrets: dict | None = None) -> None:
@@ -201,6 +227,9 @@ def status(run_id: str, root: str | Path | None = None, *, settle: bool = True) 
                 d, state="failed", finished_at=rundir.now(), log_tail=tail,
                 error=f"the training process (pid {st.get('pid')}) ended without writing a final state "
                       "(killed, out of memory, or crashed); see log_tail / `prefpilot runs logs`")
+    if st.get("state") not in rundir.STATES:  # hand-edited or corrupt: say so, never break a listing
+        st = {**st, "state": "unknown", "error": "status.json is unreadable or not a JSON object with a known "
+                                                 "state: repair it, or move this run folder away"}
     out = {"run_id": run_id, "run_dir": str(d), "alive": st.get("state") in ACTIVE, **st,
            "last_metrics": rundir.last_metrics(d)}
     if out.get("state") in ("failed", "cancelled"):
@@ -285,22 +314,53 @@ def active_runs(root: str | Path | None = None) -> list[str]:
     return [r["run_id"] for r in list_runs(root) if r["state"] in ACTIVE]
 
 
-def resume(run_id: str, root: str | Path | None = None) -> dict:
-    """Restart a failed or cancelled run from its last complete checkpoint (or from the start if none)."""
+def resume(run_id: str, root: str | Path | None = None, *, max_active: int | None = None,
+           max_wall_time: float | None = None, lease_ceiling: float | None = None) -> dict:
+    """Restart a failed or cancelled run from its last complete checkpoint (or from the start if none).
+
+    The run's lease (``max_wall_time``) covers all its training, resumes included: ``max_wall_time`` sets a new
+    total (the CLI's --max-wall-time), ``lease_ceiling`` caps it (an MCP server's --max-wall-time: an agent's
+    resume never grants more time than the operator allows)."""
     d = run_path(run_id, root)
-    with rundir.run_lock(d):  # six parallel resumes start one trainer, not six
+    with _capacity(runs_root(root), max_active), rundir.run_lock(d):  # six parallel resumes start one trainer
         st = status(run_id, root)
         if st["state"] in ACTIVE:
             raise PrefpilotError(f"run {run_id} is still {st['state']}: cancel it first", code="run_active")
         if st["state"] == "completed":
             raise PrefpilotError(f"run {run_id} already completed; launch a new run to train further",
                                  code="run_completed")
+        _renew_lease(d, st, max_wall_time, lease_ceiling)
         ck = rundir.last_checkpoint(d)
         rundir.update_status(d, state="queued", error=None, log_tail=None, finished_at=None,
                              resumed_at=rundir.now(), resumed_from=str(ck) if ck else None,
                              cancel_requested_at=None, pid=None, pid_started=None)
         _start(d, ["--resume"])
     return status(run_id, root)
+
+
+def _renew_lease(d: Path, st: dict, max_wall_time: float | None, ceiling: float | None) -> None:
+    """Refuse a resume whose lease is spent; write the new total lease into config.yaml when it changes."""
+    try:
+        cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise PrefpilotError(f"{d / 'config.yaml'} cannot be read ({exc}); the run cannot be resumed",
+                             code="bad_run_config") from None
+    if not isinstance(cfg, dict):
+        raise PrefpilotError(f"{d / 'config.yaml'} is not a mapping; the run cannot be resumed", code="bad_run_config")
+    old = cfg.get("max_wall_time")
+    lease = max_wall_time if max_wall_time is not None else old
+    if ceiling is not None:
+        lease = ceiling if not isinstance(lease, (int, float)) else min(lease, ceiling)
+    used = st.get("lease_used_s") if isinstance(st.get("lease_used_s"), (int, float)) else 0.0
+    if isinstance(lease, (int, float)) and used >= lease:
+        how = ("this server's --max-wall-time is a ceiling for the whole run; a person can continue it with "
+               f"`prefpilot runs resume {d.name} --max-wall-time S`" if ceiling is not None and max_wall_time is None
+               else "pass --max-wall-time S (the run's new total, in seconds) to continue it")
+        raise PrefpilotError(f"run {d.name} has trained {used:g} s of its {lease:g} s lease (max_wall_time): {how}",
+                             code="lease_spent")
+    if lease != old:
+        cfg["max_wall_time"] = lease
+        rundir.write_text_atomic(d / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
 
 def logs(run_id: str, root: str | Path | None = None, tail: int = 50) -> str:

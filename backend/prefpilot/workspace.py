@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config.policy import ALWAYS_LOCAL, PATH_KEYS, network_options, secret_keys
+from .config.policy import (ALWAYS_LOCAL, PATH_KEYS, deep_copy, nested_path_keys, network_options,
+                            remote_code_keys, secret_keys)
 from .errors import PrefpilotError
 
 
@@ -65,9 +66,10 @@ class Workspace:
         """A copy of ``config`` with local paths made absolute inside the workspace; refuses escapes and remote code."""
         if not isinstance(config, dict):
             raise PrefpilotError("config must be a mapping of TRL/prefpilot keys", code="not_a_mapping")
-        cfg = dict(config)
-        if cfg.get("trust_remote_code") and not self.allow_remote_code:
-            raise PrefpilotError("trust_remote_code: refused — this server runs no code downloaded with a model. "
+        cfg = deep_copy(config)  # nested keys are rewritten below: never the caller's object
+        remote = remote_code_keys(cfg)
+        if remote and not self.allow_remote_code:
+            raise PrefpilotError(f"{', '.join(remote)}: refused — this server runs no code shipped with a model. "
                                  "Remove the key, or restart the server with --allow-remote-code",
                                  code="remote_code_refused")
         secrets = secret_keys(cfg)
@@ -83,6 +85,9 @@ class Workspace:
             v = cfg.get(key)
             if isinstance(v, str) and v and self._is_local(v, key):
                 cfg[key] = str(self.confine(v, key))
+        for d, key, name in list(nested_path_keys(cfg)):  # cache_dir, offload_folder, nvme_path, ...
+            if key not in PATH_KEYS or self._is_local(d[key], key):
+                d[key] = str(self.confine(d[key], name))
         return cfg
 
     def confine_model(self, model: str) -> str:

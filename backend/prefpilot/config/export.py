@@ -25,6 +25,12 @@ def export_trl(config: dict) -> tuple[dict, list[str]]:
     cfg, notes = normalize(config)
     method = cfg["method"]
     out = {k: v for k, v in cfg.items() if k not in PREFPILOT_KEYS}
+    from .policy import secret_keys, split_secrets
+    secrets = secret_keys(out)
+    if secrets:  # an exported file is made to be shared or committed: a token must not travel in it
+        out = split_secrets(out)[0]
+        notes.append(f"left out {', '.join(secrets)}: a secret does not belong in a config file; set HF_TOKEN in "
+                     "the environment instead")
     dropped = sorted(k for k in cfg if k in PREFPILOT_KEYS and k not in ("method", "dataset_path"))
     if dropped:
         notes.append(f"dropped prefpilot-only keys: {', '.join(dropped)}")

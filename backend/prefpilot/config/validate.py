@@ -269,8 +269,9 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         errs.append(finding("/fp16", "hardware", "fp16 mixed precision needs a GPU", "set fp16: false"))
     if cfg.get("dtype") in ("bfloat16",) and gpu and not hw.get("bf16_supported"):
         errs.append(finding("/dtype", "hardware", "this GPU cannot hold bfloat16 weights efficiently", "use float16"))
-    if cfg.get("trust_remote_code"):
-        warns.append(finding("/trust_remote_code", "security", "trust_remote_code runs Python shipped with the model",
+    from .policy import remote_code_keys
+    for name in remote_code_keys(raw):  # model_init_kwargs.trust_remote_code reaches TRL's model loading too
+        warns.append(finding("/" + name.replace(".", "/"), "security", f"{name} runs Python shipped with the model",
                              "only for models whose code you have read"))
     return errs, warns
 
@@ -299,10 +300,10 @@ def _ignored_option_warnings(cfg: dict, raw: dict, method: str) -> list:
 def _reach_warnings(cfg: dict) -> list:
     """Options that reach the network or carry a secret: warned here, refused over MCP (config/policy.py)."""
     from .policy import network_options, secret_keys
-    out = [finding(f"/{k}", "network", f"{k} makes the trainer reach the network (the Hugging Face Hub or a remote "
+    out = [finding("/" + k.replace(".", "/"), "network", f"{k} makes the trainer reach the network (the Hugging Face Hub or a remote "
                    "tracker); an MCP server refuses it unless started with --allow-network",
                    "remove it, or report_to: none / tensorboard, for an offline run") for k in network_options(cfg)]
-    out += [finding(f"/{k}", "secret", f"{k} is a secret in a config: prefpilot keeps it out of run folders, but "
+    out += [finding("/" + k.replace(".", "/"), "secret", f"{k} is a secret in a config: prefpilot keeps it out of run folders, but "
                     "the config file itself may be shared", "set HF_TOKEN in the environment instead")
             for k in secret_keys(cfg)]
     return out
@@ -438,11 +439,12 @@ def _completeness(cfg: dict) -> list:
     return out
 
 
-def validate(config, *, complete: bool = True, local: bool = False) -> Report:
+def validate(config, *, complete: bool = True, local: bool = False, out_dir=None) -> Report:
     """Validate a run config mapping. ``complete=False`` skips the model/dataset presence checks.
 
     ``local=True`` (launching or training on this machine) makes an over-memory estimate an error even when
-    the config states no hardware; otherwise it is a warning naming the machine it assumed."""
+    the config states no hardware; otherwise it is a warning naming the machine it assumed. Checkpoint disk use
+    is checked against the free space of ``out_dir`` (or output_dir, or the current folder, when ``local``)."""
     if not isinstance(config, dict):
         return Report(valid=False, method=None, errors=[finding("", "not_a_mapping", "the config must be a mapping of "
                       f"keys to values, got {type(config).__name__}", None)], warnings=[], normalized={}, estimate={},
@@ -493,5 +495,42 @@ def validate(config, *, complete: bool = True, local: bool = False) -> Report:
         elif need > 0.9 * cap:
             warnings.append(finding("/per_device_train_batch_size", "memory_tight", f"estimated {need} GB per device "
                                     f"is above 90% of {where}", fix))
+    if estimate.get("known") is not None:
+        disk_warnings, disk_notes = _disk_findings(cfg, estimate, out_dir if out_dir is not None else
+                                                   (cfg.get("output_dir") or "." if local else None))
+        warnings += disk_warnings
+        notes += disk_notes
     return Report(valid=not errors, method=method, errors=errors, warnings=warnings, normalized=cfg,
                   estimate=estimate, hardware=hw, notes=notes)
+
+
+def _disk_findings(cfg: dict, estimate: dict, where) -> tuple[list, list]:
+    """Checkpoint disk use (estimate["disk"]); a warning when it exceeds the free space where the run writes
+    (only checked for a run on this machine: ``where`` is None for a config validated for elsewhere)."""
+    from .disk import estimate_disk
+    try:
+        disk = estimate_disk(cfg, where, (estimate.get("assumptions") or {}).get("load_dtype"))
+    except (TypeError, ValueError) as exc:
+        disk = {"known": False, "reason": f"not estimated: {exc}"}
+    estimate["disk"] = disk
+    if not disk.get("known") or disk["checkpoints_written"] == 0:
+        return [], []
+    per, peak, free = disk["checkpoint_gb"], disk["peak_gb"], disk.get("free_gb")
+    where = Path(where).expanduser().absolute() if where is not None else None
+    limit_hint = (f"save_total_limit: 2 keeps at most 2 checkpoints ({round(2 * per + disk['final_model_gb'], 2)} "
+                  "GB with the final model)")
+    if peak is None:
+        return [], [f"disk: each checkpoint is about {per} GB and the number of saves is not known (no max_steps); "
+                    + ("" if disk["save_total_limit"] else limit_hint)]
+    note = (f"disk: about {peak} GB for {disk['checkpoints_kept']} checkpoint(s) of {per} GB kept at once "
+            f"({disk['checkpoints_written']} written) and the final model")
+    warns = []
+    if free is not None and peak > free:
+        warns.append(finding("/save_total_limit", "disk", f"checkpoints need about {peak} GB but {where} has "
+                             f"{free} GB free", limit_hint + ", or raise save_steps, or save_strategy: no"))
+    elif free is not None and peak > 0.9 * free:
+        warns.append(finding("/save_total_limit", "disk_tight", f"checkpoints need about {peak} GB, above 90% of "
+                             f"the {free} GB free at {where}", limit_hint))
+    if not disk["save_total_limit"] and disk["checkpoints_written"] > 2:
+        note += f"; {limit_hint}"
+    return warns, [note]

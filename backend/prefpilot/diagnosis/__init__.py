@@ -280,7 +280,7 @@ def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=Non
     if config is None and is_path:
         config = run_config_near(source, roots)
     hist = load_history(Path(source) if is_path else source, beta=beta or (config or {}).get("beta"),
-                        max_bytes=max_bytes)
+                        max_bytes=max_bytes, roots=[Path(r).resolve() for r in roots] if roots is not None else None)
     report = diagnose(hist, method=method, config=config, beta=beta, gamma=gamma)
     if plot is not None:
         from .plot import plot as draw

@@ -279,28 +279,57 @@ def max_log_bytes(given: int | None = None) -> int:
         return DEFAULT_MAX_LOG_BYTES
 
 
-def _read_path(path: Path, info: dict, max_bytes: int | None = None) -> list[dict]:
+def _refusal(p: Path, roots) -> str | None:
+    """Why the reader must not open ``p``, or None. One check for every file a diagnosis reads: a FIFO or a
+    device would block or never end, and for an MCP caller (``roots``) a link must not lead out of the
+    workspace (its lines would come back in the report)."""
+    try:
+        real = p.resolve()
+        st = real.stat()
+    except (OSError, RuntimeError) as exc:
+        return f"cannot read ({getattr(exc, 'strerror', None) or exc})"
+    if roots is not None and not any(real == r or r in real.parents for r in roots):
+        return "resolves outside the workspace (a symbolic link?): refused"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, device or folder); pass a log file, a run dir or '-' for stdin"
+    return None
+
+
+def _read_path(path: Path, info: dict, max_bytes: int | None = None, roots=None) -> list[dict]:
     if path.is_dir():
         candidates = [path / "metrics.jsonl", path / "trainer_state.json", path / "trainer_log.jsonl"]
         cks = sorted(path.glob("checkpoints/checkpoint-*/trainer_state.json"),
-                     key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1)
+                     key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdecimal() else -1)
         candidates += cks[::-1]
-        found = next((c for c in candidates if c.is_file() and c.stat().st_size > 0), None)
+        found = None
+        for c in candidates:
+            if not os.path.lexists(c):
+                continue
+            why = _refusal(c, roots)
+            if why:
+                raise PrefpilotError(f"{c}: {why}", code="unreadable_history")
+            if c.stat().st_size > 0:
+                found = c
+                break
         if found is None:
             events = sorted(path.rglob(f"{TFEVENTS}*"))
-            if events:
+            refused = {e: _refusal(e, roots) for e in events}
+            readable = [e for e in events if refused[e] is None]
+            if len(readable) < len(events):
+                info["notes"].append(f"{len(events) - len(readable)} event file(s) skipped: not regular files, or "
+                                     "outside the workspace")
+            if readable:
                 info["source"] = str(path)
-                return _tensorboard_rows(events, info)
+                return _tensorboard_rows(readable, info)
+            if events:
+                raise PrefpilotError(f"{events[0]}: {refused[events[0]]}", code="unreadable_history")
             raise PrefpilotError(f"{path}: no metrics.jsonl, trainer_state.json, trainer_log.jsonl or TensorBoard "
                                  "event file in this directory (has the run logged a step yet?)", code="no_metrics")
         path = found
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise PrefpilotError(f"{path}: cannot read ({exc.strerror})", code="unreadable_history") from None
-    if not stat.S_ISREG(st.st_mode):  # /dev/zero or a FIFO would never end
-        raise PrefpilotError(f"{path}: not a regular file; pass a log file, a run dir or '-' for stdin",
-                             code="unreadable_history")
+    why = _refusal(path, roots)
+    if why:
+        raise PrefpilotError(f"{path}: {why}", code="unreadable_history")
+    st = path.stat()
     limit = max_log_bytes(max_bytes)
     if st.st_size > limit:
         raise PrefpilotError(f"{path}: {size_text(st.st_size)} is over the {size_text(limit)} limit for a log (a "
@@ -345,15 +374,16 @@ def _tensorboard_rows(files: list[Path], info: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- normalising rows
-def load_history(source, *, beta: float | None = None, max_bytes: int | None = None) -> History:
+def load_history(source, *, beta: float | None = None, max_bytes: int | None = None, roots=None) -> History:
     """Parse ``source`` (path, text, list of dicts or trainer_state dict) into a :class:`History`.
 
-    ``max_bytes`` bounds a file read from a path (default: see max_log_bytes)."""
+    ``max_bytes`` bounds a file read from a path (default: see max_log_bytes); ``roots`` (the MCP workspace)
+    are the folders every file read must resolve into."""
     # Parsing makes ~1e5 small dicts and no cycles: pausing the cyclic GC roughly halves the time.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_history(source, beta, max_bytes)
+        return _load_history(source, beta, max_bytes, roots)
     finally:
         if enabled:
             gc.enable()
@@ -367,11 +397,11 @@ def _exists(text: str) -> bool:
         return False
 
 
-def _load_history(source, beta, max_bytes=None):
+def _load_history(source, beta, max_bytes=None, roots=None):
     info: dict = {"format": None, "ignored_lines": 0, "notes": []}
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and len(source) < 4096
                                     and _exists(source)):
-        raw = _read_path(Path(source), info, max_bytes)
+        raw = _read_path(Path(source), info, max_bytes, roots)
     elif isinstance(source, str):
         raw = rows_from_text(source, info)
     elif isinstance(source, (list, dict)):

@@ -54,6 +54,12 @@ class RunRecorder(TrainerCallback):
         lease = self.config.get("max_wall_time")
         self.lease_s = float(lease) if isinstance(lease, (int, float)) and lease > 0 else None
         self.lease_spent = False
+        # The lease covers the whole run: seconds trained before a resume count against it (issue 22 item 13).
+        used = rundir.read_status(run_dir).get("lease_used_s")
+        self.used_before = float(used) if isinstance(used, (int, float)) and used > 0 else 0.0
+
+    def lease_used(self) -> float:
+        return round(self.used_before + (time.time() - self.t0), 1)
 
     def on_train_begin(self, args, state, control, **kw):
         if state.is_world_process_zero:
@@ -64,6 +70,8 @@ class RunRecorder(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kw):
         STOP["in_loop"] = False
+        if state.is_world_process_zero:
+            rundir.update_status(self.run_dir, lease_used_s=self.lease_used())
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -114,7 +122,7 @@ class RunRecorder(TrainerCallback):
         if STOP["requested"]:  # a cancel: save a checkpoint at this step, then leave the loop
             control.should_save = True
             control.should_training_stop = True
-        if self.lease_s is not None and not self.lease_spent and time.time() - self.t0 >= self.lease_s:
+        if self.lease_s is not None and not self.lease_spent and self.lease_used() >= self.lease_s:
             self.lease_spent = True  # the run's lease (max_wall_time) is spent: checkpoint and stop, like a cancel
             control.should_save = True
             control.should_training_stop = True
@@ -130,4 +138,4 @@ class RunRecorder(TrainerCallback):
         rate = (done - self.start_step) / elapsed if elapsed > 0 else 0
         eta = (total - done) / rate if rate > 0 else None
         rundir.update_status(self.run_dir, step=done, total_steps=total, percent=round(100 * done / total, 1),
-                             eta_seconds=round(eta, 1) if eta is not None else None)
+                             eta_seconds=round(eta, 1) if eta is not None else None, lease_used_s=self.lease_used())

@@ -73,6 +73,10 @@ def slurm_script(config_path: str, run_dir: str, *, nodes: int = 2, gpus_per_nod
                               ("partition", partition or "x", True), ("fsdp", fsdp or "", False),
                               ("deepspeed", deepspeed or "", False)):
         _slurm_checked(name, value, word)
+    if any(c in run_dir for c in '"\\'):  # an #SBATCH line cannot quote these: a quote would end --output early
+        from ..errors import PrefpilotError
+        raise PrefpilotError(f"--run-dir {run_dir!r}: a quote or backslash cannot be written into an #SBATCH line; "
+                             "choose a folder name without them", code="usage")
     launch = accelerate_argv(config_path, run_dir, num_processes=nodes * gpus_per_node, num_machines=nodes,
                              machine_rank=0, main_process_ip="$MASTER_ADDR", main_process_port=29500,
                              fsdp=fsdp, deepspeed=deepspeed, cpu=False, python=python or sys.executable)
@@ -80,7 +84,7 @@ def slurm_script(config_path: str, run_dir: str, *, nodes: int = 2, gpus_per_nod
     launch[i + 1] = "$SLURM_NODEID"
     # inside the task: variables in double quotes (expanded there), everything else quoted literally
     inner = " ".join(f'"{a}"' if a in ("$SLURM_NODEID", "$MASTER_ADDR") else shlex.quote(a) for a in launch)
-    output = f"{run_dir}/slurm-%j.out"
+    output = run_dir.replace("%", "%%") + "/slurm-%j.out"  # Slurm expands %u, %x... in --output; mkdir does not
     lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={int(nodes)}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={int(gpus_per_node)}",
              f"#SBATCH --time={time_limit}",

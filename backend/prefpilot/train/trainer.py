@@ -131,7 +131,10 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
         if main:
             rundir.update_status(run_dir, state="failed", error=f"invalid config: {msg}")
         raise PrefpilotError(f"invalid config (nothing was loaded): {msg}", code="invalid_config")
-    cfg = dict(report["normalized"])
+    # Secrets at any depth (hub_token, model_init_kwargs.token) leave the config before TRL sees it, so they
+    # reach neither config.yaml nor training_args.bin; huggingface_hub reads them from the environment.
+    cfg, secret_env = split_secrets(dict(report["normalized"]))
+    os.environ.update(secret_env)
     _setup_logging(run_dir, main, log_file)
     try:
         # Data first: a bad row must never cost a model load.
@@ -144,7 +147,7 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
         if main:
             if not resume or not (run_dir / "config.yaml").exists():
                 # secrets (hub_token) stay out of the run folder; a resume reads them from HF_TOKEN
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(split_secrets(cfg)[0], sort_keys=False),
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False),
                                                      encoding="utf-8")
             rundir.update_status(run_dir, state="running", error=None, started_at=rundir.now(), method=cfg["method"],
                                  hardware_choices=notes, data=data_report, pid=os.getpid())
@@ -258,7 +261,8 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
             return rundir.update_status(run_dir, state="cancelled", finished_at=rundir.now(),
                                         step=trainer.state.global_step, checkpoint=str(ck) if ck else None,
                                         error=f"max_wall_time of {recorder.lease_s:g} s spent: stopped with a "
-                                              "checkpoint; `prefpilot runs resume` continues it")
+                                              "checkpoint; `prefpilot runs resume RUN --max-wall-time S` continues "
+                                              "it with a total lease of S seconds")
         return {}
     if STOP["requested"]:
         ck = last_checkpoint(run_dir)
