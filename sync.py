@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BUNDLE_NAME = "prefpilot"
-BUNDLE_VERSION = "0.1.0"
+BUNDLE_VERSION = "0.2.0"
 SCHEMA_VERSION = 1
 STATE_DIR = ".prefpilot"          # everything of ours in a target lives here
 STATE_FILE = "state.json"

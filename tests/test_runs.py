@@ -93,6 +93,11 @@ def test_cancel_checkpoints_then_resume_continues(tiny, tmp_path):
     assert steps == list(range(1, 301))
     with pytest.raises(PrefpilotError, match="already completed"):
         runs.resume(run_id, root)
+    # the cancel's checkpoint is history now: `runs status` must not offer to resume a completed run
+    assert done.get("checkpoint") is None
+    shown = subprocess.run([sys.executable, "-m", "prefpilot.cli", "runs", "status", run_id, "--root", str(root)],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "completed" in shown and "runs resume" not in shown
 
 
 def test_a_killed_process_is_reported_failed_with_its_log(tiny, tmp_path):

@@ -3,7 +3,7 @@
 The names exported here are light (no torch import); training lives in
 ``prefpilot.train`` and is imported only when a run starts.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def validate(config):

@@ -237,7 +237,7 @@ def format_status(s: dict) -> str:
             "; " + ", ".join(f"{f['id']} ({f['severity']})" for f in live) if live else ""))
     if s.get("error"):
         lines.append(f"  error: {s['error']}")
-    if s.get("checkpoint"):
+    if s.get("checkpoint") and s.get("state") in ("failed", "cancelled"):  # a finished run has nothing to resume
         lines.append(f"  checkpoint: {s['checkpoint']} (`prefpilot runs resume {s['run_id']}`)")
     if s.get("state") == "failed" and s.get("log_tail"):
         lines += ["  log tail:"] + ["    " + ln for ln in s["log_tail"][-8:]]
@@ -414,6 +414,8 @@ def cmd_explain(args) -> int:
             out += ["", f"learning_rate: typical {lr['typical'][0]:g}–{lr['typical'][1]:g}, accepted "
                         f"{lr['sane'][0]:g}–{lr['sane'][1]:g} (with LoRA {lr['lora'][0]:g}–{lr['lora'][1]:g}); "
                         f"{lr['source']}"]
+        if e.get("note"):
+            out += ["", e["note"]]
         return "\n".join(out)
     _print(e, args.json, human)
     return 0
@@ -577,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write here instead of standard output")
 
     p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
-    p.add_argument("loss_type", help="a loss_type, e.g. ipo, robust, apo_zero, simpo, hinge")
+    p.add_argument("loss_type", nargs="?", help="a loss_type, e.g. ipo, robust, apo_zero, simpo, hinge "
+                                              "(default: the method's own, sigmoid)")
     p.add_argument("--method", choices=["dpo", "simpo"], help="whose loss_type (default: found by name)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 

@@ -37,8 +37,16 @@ def loss_types(method: str) -> list[str]:
     return list(load_table("dpo")["loss_types"])
 
 
-def explain_loss(loss_type: str, method: str | None = None) -> dict:
-    """Formula (as a Python expression per pair), explanation, config examples and starting values."""
+def explain_loss(loss_type: str | None = None, method: str | None = None) -> dict:
+    """Formula (as a Python expression per pair), explanation, config examples and starting values.
+
+    Without a loss_type: the method's default (sigmoid, for DPO as for SimPO), with the others listed."""
+    if loss_type is None:
+        out = explain_loss("sigmoid", method or "dpo")
+        others = [t for t in loss_types(out["method"]) if t != "sigmoid"]
+        out["note"] = (f"no loss_type given: this is {out['method'].upper()}'s default; the others are "
+                       f"{', '.join(others)} (`prefpilot explain TYPE --method {out['method']}`)")
+        return out
     lt = str(loss_type).strip().lower()
     if method is None:
         method = "simpo" if lt == "simpo" else "dpo"

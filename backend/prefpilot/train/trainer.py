@@ -274,7 +274,8 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
         return {}
     trainer.save_model(str(run_dir / "final"))  # Trainer saves the tokenizer (its processing_class) with it
     if main:
-        status = rundir.update_status(run_dir, state="completed", step=trainer.state.global_step,
+        # checkpoint/stopped_by of an earlier cancel or stop would read as something left to resume
+        status = rundir.update_status(run_dir, state="completed", checkpoint=None, step=trainer.state.global_step,
                                       total_steps=trainer.state.max_steps, percent=100.0, eta_seconds=0,
                                       finished_at=rundir.now(), train_seconds=round(time.time() - t0, 2),
                                       final_model=str(run_dir / "final"))
