@@ -24,14 +24,38 @@ log = logging.getLogger("prefpilot.mcp")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+MAX_TOKEN_BYTES = 4096
+
+
+def _check_token(token: str, where: str) -> str:
+    """A bearer token travels in an HTTP header: at least 16 characters, printable ASCII without spaces (what
+    clients can send; a non-ASCII one could never match and would fail at the first request, not at start)."""
+    if len(token) < 16:
+        raise PrefpilotError(f"{where}: the token is shorter than 16 characters", code="bad_token")
+    if not all("!" <= c <= "~" for c in token):
+        raise PrefpilotError(f"{where}: the token must be printable ASCII without spaces (an HTTP header carries "
+                             "it); generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+                             code="bad_token")
+    return token
+
+
 def _read_token(path: Path) -> str:
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the start, a device never end
+            raise PrefpilotError(f"--token-file {path}: not a regular file", code="bad_token")
+        with open(path, "rb") as fh:  # bounded: a token file is one line, not a log
+            data = fh.read(MAX_TOKEN_BYTES + 1)
     except OSError as exc:
         raise PrefpilotError(f"--token-file {path}: cannot read it ({exc.strerror})", code="bad_token") from None
-    if len(token) < 16:
-        raise PrefpilotError(f"--token-file {path}: the token is shorter than 16 characters", code="bad_token")
-    return token
+    if len(data) > MAX_TOKEN_BYTES:
+        raise PrefpilotError(f"--token-file {path}: over {MAX_TOKEN_BYTES} bytes; a token file holds one token",
+                             code="bad_token")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise PrefpilotError(f"--token-file {path}: not UTF-8 text; write the token as one line of printable "
+                             "ASCII", code="bad_token") from None
+    return _check_token(token, f"--token-file {path}")
 
 
 def resolve_token(workspace: Path, host: str, token_file: str | None, no_auth: bool) -> tuple[str | None, bool]:
@@ -45,10 +69,7 @@ def resolve_token(workspace: Path, host: str, token_file: str | None, no_auth: b
     if token_file:
         return _read_token(Path(token_file)), False
     if os.environ.get("PREFPILOT_MCP_TOKEN"):
-        token = os.environ["PREFPILOT_MCP_TOKEN"].strip()
-        if len(token) < 16:
-            raise PrefpilotError("$PREFPILOT_MCP_TOKEN is shorter than 16 characters", code="bad_token")
-        return token, False
+        return _check_token(os.environ["PREFPILOT_MCP_TOKEN"].strip(), "$PREFPILOT_MCP_TOKEN"), False
     if not loopback:
         raise PrefpilotError(f"--host {host} is reachable from other machines: give a token with --token-file or "
                              "$PREFPILOT_MCP_TOKEN (a generated one is only for 127.0.0.1)", code="unsafe_host")
