@@ -181,10 +181,11 @@ def common_constraints(props: dict) -> None:
     props["num_train_epochs"].update(_c({"exclusiveMinimum": 0, "maximum": MAX_EPOCHS}, "range",
                                         f"num_train_epochs must be > 0 and at most {MAX_EPOCHS}"))
     _bounded(props, "max_steps", -1, MAX_STEPS, " (-1: as many as num_train_epochs takes)")
-    props["max_length"] = {**props["max_length"], "anyOf": [
-        _c({"type": "integer", "minimum": 8, "maximum": MAX_TOKENS}, "range",
-           f"max_length must be an integer from 8 to {MAX_TOKENS}, or null for no truncation"),
-        {"type": "null"}]}
+    # the range beside anyOf, not inside its integer branch: an out-of-range integer then fails the range (with
+    # its message), rather than both branches with the "not of type 'null'" one chosen to report
+    props["max_length"] = {**props["max_length"], "anyOf": [{"type": "integer"}, {"type": "null"}],
+                           **_c({"minimum": 8, "maximum": MAX_TOKENS}, "range",
+                                f"max_length must be an integer from 8 to {MAX_TOKENS}, or null for no truncation")}
     props["max_length"].pop("type", None)
     _bounded(props, "max_completion_length", 1, MAX_TOKENS)
     props["warmup_steps"].update(_c({"minimum": 0, "maximum": MAX_STEPS}, "range",

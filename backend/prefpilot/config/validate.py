@@ -517,7 +517,7 @@ def validate(config, *, complete: bool = True, local: bool = False) -> Report:
     warnings += _ignored_option_warnings(cfg, config, method)
     estimate = {}
     if bad_hw:  # the machine it is meant for is not known: no estimate against another one
-        estimate = {"known": False, "reason": "the hardware block is invalid (see its error)"}
+        estimate = {"known": False, "reason": "the hardware block is invalid; see its error"}
     else:
         try:
             estimate = estimate_memory(cfg, hw)

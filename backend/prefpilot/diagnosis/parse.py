@@ -266,7 +266,9 @@ def _append_card_results(table: list[dict], final: dict | None, info: dict) -> N
 
 
 TFEVENTS = "events.out.tfevents"
-DEFAULT_MAX_LOG_BYTES = 128 << 20  # parsing takes ~6× a log's size in memory: bound it, say how to raise it
+# Peak memory of `prefpilot diagnose` is 10-17x a log's size (bench/diagnose_memory.py: JSONL ~10x, a console log
+# or a one-line repr ~12x, CSV ~17x at 16 MiB), so the default cap costs at most ~2.2 GB: bound it, say how to raise it
+DEFAULT_MAX_LOG_BYTES = 128 << 20
 
 
 def size_text(n: int) -> str:
@@ -280,9 +282,9 @@ def size_text(n: int) -> str:
 def max_log_bytes(given: int | None = None) -> int:
     """The size limit for one log: ``given`` (the CLI's --max-bytes), else $PREFPILOT_MAX_LOG_BYTES, else 128 MiB."""
     if given is not None:
-        return int(given)
-    try:
-        return int(os.environ.get("PREFPILOT_MAX_LOG_BYTES") or DEFAULT_MAX_LOG_BYTES)
+        return min(int(given), 1 << 40)
+    try:  # clamped: a 400-digit value would overflow the read size (sys.stdin.read takes a C ssize_t)
+        return max(1, min(int(os.environ.get("PREFPILOT_MAX_LOG_BYTES") or DEFAULT_MAX_LOG_BYTES), 1 << 40))
     except ValueError:
         return DEFAULT_MAX_LOG_BYTES
 
