@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from .config import limits  # plain constants: no imports behind them
 from .errors import PrefpilotError
 
 
@@ -48,17 +49,21 @@ def _ranged(kind, low=None, high=None, name="a number"):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {name}") from None
         if kind is float and value != value:
             raise argparse.ArgumentTypeError("nan is not a number")
+        if kind is float and value in (float("inf"), float("-inf")):  # "inf", or "1e400" read as inf
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if (low is not None and value < low) or (high is not None and value > high):
-            span = f"at least {low}" if high is None else f"from {low} to {high}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range: use {span}")
+            lo, hi = (f"{x:g}" if isinstance(x, float) else str(x) for x in (low, high))
+            span = f"at least {lo}" if high is None else f"from {lo} to {hi}"
+            raise argparse.ArgumentTypeError(f"{text[:40]} is out of range: use {span}")
         return value
     return parse
 
 
 POSITIVE_INT = _ranged(int, 1, name="a whole number")
+COUNT = _ranged(int, 1, limits.MAX_PAIRS, name="a whole number")
 NONNEG_INT = _ranged(int, 0, name="a whole number")
 
 
@@ -73,9 +78,10 @@ def _boolean(text: str) -> bool:
 
 # ----------------------------------------------------------------------------- config
 def _hardware_flags(p) -> None:
-    p.add_argument("--gpu-memory-gb", type=_ranged(float, 0.1, name="a number of GB"),
+    p.add_argument("--gpu-memory-gb", type=_ranged(float, 0.1, limits.MAX_GPU_MEMORY_GB, name="a number of GB"),
                    help="memory of one GPU in GB (default: this machine)")
-    p.add_argument("--num-gpus", type=NONNEG_INT, help="number of GPUs (default: this machine)")
+    p.add_argument("--num-gpus", type=_ranged(int, 0, limits.MAX_GPUS, name="a whole number"),
+                   help="number of GPUs (default: this machine)")
     p.add_argument("--bf16-supported", type=_boolean, metavar="true|false", help="whether the GPU supports bf16")
 
 
@@ -482,12 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="a complete run config from the published hyperparameter tables")
     p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="hub id or local folder")
-    p.add_argument("--dataset-size", type=POSITIVE_INT, help="number of preference pairs (sizes the batch)")
+    p.add_argument("--dataset-size", type=COUNT, help="number of preference pairs (sizes the batch)")
     p.add_argument("--dataset-path", default="builtin:arith-prefs",
                    help="local .jsonl/.json/.csv/.parquet file or builtin:<name> (default builtin:arith-prefs)")
-    p.add_argument("--max-length", type=_ranged(int, 8, 1 << 20, "a whole number"), default=1024,
+    p.add_argument("--max-length", type=_ranged(int, 8, limits.MAX_TOKENS, "a whole number"), default=1024,
                    help="prompt + completion tokens (default 1024)")
-    p.add_argument("--model-params", type=_ranged(float, 1e5, name="a parameter count"),
+    p.add_argument("--model-params", type=_ranged(float, 1e5, limits.MAX_MODEL_PARAMS, name="a parameter count"),
                    help="parameter count, when the model is not known")
     p.add_argument("-o", "--output", help="also write the config to this YAML file")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -556,10 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["dpo", "simpo", "cpo", "orpo", "kto"],
                    help="the trainer that wrote the log (default: the run's config, else told from the logged keys)")
     p.add_argument("--config", help="the run's config (found beside the metrics when omitted)")
-    p.add_argument("--beta", type=float, help="β, to derive rewards from policy/reference log-probs")
-    p.add_argument("--gamma", type=float, help="SimPO target margin γ (simpo_gamma)")
+    p.add_argument("--beta", type=_ranged(float, 0, name="a number"),
+                   help="β, to derive rewards from policy/reference log-probs")
+    p.add_argument("--gamma", type=_ranged(float, 0, name="a number"), help="SimPO target margin γ (simpo_gamma)")
     p.add_argument("--root", help="runs root for run ids (default $PREFPILOT_RUNS or ./runs)")
-    p.add_argument("--max-bytes", type=POSITIVE_INT, metavar="N",
+    p.add_argument("--max-bytes", type=_ranged(int, 1, 1 << 40, "a whole number"), metavar="N",
                    help="largest log to read (default 128 MiB, or $PREFPILOT_MAX_LOG_BYTES)")
 
     p = sub.add_parser("demo", help="the whole loop on SmolLM2-135M: sync, plan, validate, train, diagnose, evaluate")
@@ -598,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="HTTP: file holding the bearer token clients must send (default: "
                    "$PREFPILOT_MCP_TOKEN, else one generated into <workspace>/.prefpilot/mcp-token)")
     p.add_argument("--no-auth", action="store_true", help="HTTP on 127.0.0.1 only: no token (logged as unsafe)")
-    p.add_argument("--max-wall-time", type=_ranged(float, 1, name="seconds"), metavar="SECONDS",
+    p.add_argument("--max-wall-time", type=_ranged(float, 1, limits.MAX_SECONDS, name="seconds"), metavar="SECONDS",
                    help="lease for runs launched here without max_wall_time: checkpoint and stop after it")
     p.add_argument("--max-concurrent-runs", type=POSITIVE_INT, metavar="N",
                    help="trainings at once (default: one per GPU, one on a CPU-only machine)")

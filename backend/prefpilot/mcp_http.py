@@ -27,6 +27,18 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_MAX_BYTES = 4096
 
 
+def _check_token(token: str, where: str) -> str:
+    """A bearer token travels in an HTTP header: at least 16 characters, printable ASCII without spaces (what
+    clients can send; a non-ASCII one could never match and would fail at the first request, not at start)."""
+    if len(token) < 16:
+        raise PrefpilotError(f"{where}: the token is shorter than 16 characters", code="bad_token")
+    if not all("!" <= c <= "~" for c in token):
+        raise PrefpilotError(f"{where}: the token must be printable ASCII without spaces (an HTTP header carries "
+                             "it); generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+                             code="bad_token")
+    return token
+
+
 def _read_token(path: Path, what: str = "--token-file", follow: bool = True) -> str:
     """The token in ``path``: a regular file only this user can read (a FIFO, /dev/zero or a world-readable
     file is refused, never waited on or trusted), UTF-8, at least 16 characters."""
@@ -53,10 +65,9 @@ def _read_token(path: Path, what: str = "--token-file", follow: bool = True) -> 
     try:
         token = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise PrefpilotError(f"{what} {path}: not UTF-8 text; write the token as text", code="bad_token") from None
-    if len(token) < 16:
-        raise PrefpilotError(f"{what} {path}: the token is shorter than 16 characters", code="bad_token")
-    return token
+        raise PrefpilotError(f"{what} {path}: not UTF-8 text; write the token as one line of printable ASCII",
+                             code="bad_token") from None
+    return _check_token(token, f"{what} {path}")
 
 
 def resolve_token(workspace: Path, host: str, token_file: str | None, no_auth: bool) -> tuple[str | None, bool]:
@@ -70,10 +81,7 @@ def resolve_token(workspace: Path, host: str, token_file: str | None, no_auth: b
     if token_file:
         return _read_token(Path(token_file)), False
     if os.environ.get("PREFPILOT_MCP_TOKEN"):
-        token = os.environ["PREFPILOT_MCP_TOKEN"].strip()
-        if len(token) < 16:
-            raise PrefpilotError("$PREFPILOT_MCP_TOKEN is shorter than 16 characters", code="bad_token")
-        return token, False
+        return _check_token(os.environ["PREFPILOT_MCP_TOKEN"].strip(), "$PREFPILOT_MCP_TOKEN"), False
     if not loopback:
         raise PrefpilotError(f"--host {host} is reachable from other machines: give a token with --token-file or "
                              "$PREFPILOT_MCP_TOKEN (a generated one is only for 127.0.0.1)", code="unsafe_host")

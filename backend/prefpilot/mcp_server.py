@@ -27,6 +27,7 @@ from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from pydantic import Field
 from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 
+from .config import limits
 from .errors import PrefpilotError
 from .workspace import Workspace
 
@@ -338,8 +339,13 @@ def build_server(ws: Workspace) -> MCPServer:
     @mcp.tool(title="Plan a run from published hyperparameters", annotations=READ_ONLY)
     @tool_errors
     def plan_run(method: Literal["dpo", "simpo"] = "dpo", model: str = DEFAULT_MODEL,
-                 gpu_memory_gb: float | None = None, num_gpus: int | None = None, dataset_size: int | None = None,
-                 dataset_path: str = "builtin:arith-prefs", max_length: int = 1024) -> PlanResult:
+                 # the bounds plan() checks (config/limits.py), declared so the tool's schema shows them
+                 gpu_memory_gb: Annotated[float | None, Field(gt=0, le=limits.MAX_GPU_MEMORY_GB, allow_inf_nan=False,
+                                                              description="GB per GPU; omit for this machine")] = None,
+                 num_gpus: Annotated[int | None, Field(ge=0, le=limits.MAX_GPUS)] = None,
+                 dataset_size: Annotated[int | None, Field(ge=1, le=limits.MAX_PAIRS)] = None,
+                 dataset_path: str = "builtin:arith-prefs",
+                 max_length: Annotated[int, Field(ge=8, le=limits.MAX_TOKENS)] = 1024) -> PlanResult:
         """Plan a complete run config from the published hyperparameter tables for this model and hardware
         (default: this machine). Returns the config (ready for launch_run), the rationale for every choice,
         memory savers applied and the memory estimate. gpu_memory_gb is per GPU."""

@@ -146,6 +146,47 @@ def count_pairs(dataset_path: str | None) -> tuple[int | None, str, str | None]:
     return n, f"counted {n} pairs in {dataset_path}", None
 
 
+MIN_MODEL_PARAMS = 1e5  # smaller than any language model a preference run trains
+
+
+def _check_number(name: str, flag: str, value, low, high, *, integer: bool, above: bool = False, unit: str = "",
+                  hint: str = ""):
+    """``value`` must be a real (finite) number, an integer if ``integer``, within [low, high] (low excluded when
+    ``above``): else one error naming the argument, its CLI flag and the range to send."""
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or math.isfinite(value))  # math.isfinite overflows on a 400-digit int
+    ok = ok and (value > low if above else value >= low) and value <= high  # int vs float compares exactly
+    if not ok:
+        shown = repr(value) if not isinstance(value, int) or value.bit_length() < 256 else "a huge integer"
+        kind = "a whole number" if integer else "a finite number"
+        lo, hi = (f"{x:g}" if isinstance(x, float) else str(x) for x in (low, high))
+        span = f"above {lo} and at most {hi}" if above else f"from {lo} to {hi}"
+        raise PrefpilotError(f"{name} ({flag}) must be {kind}{unit} {span}{hint}; got {shown[:40]}",
+                             code="bad_argument", path=f"/{name}")
+
+
+def check_plan_arguments(gpu_memory_gb=None, num_gpus=None, dataset_size=None, max_length=1024, model_params=None,
+                         bf16_supported=None) -> None:
+    """plan()'s numbers, bounded here for every caller (the CLI's flags, the MCP tool, Python): inf, NaN, 0 or
+    -1 GB, max_length 0 or a 400-digit count would otherwise fail deep in the estimate or the validator."""
+    from .config.limits import MAX_GPU_MEMORY_GB, MAX_GPUS, MAX_MODEL_PARAMS, MAX_PAIRS, MAX_TOKENS
+    if gpu_memory_gb is not None:
+        _check_number("gpu_memory_gb", "--gpu-memory-gb", gpu_memory_gb, 0, MAX_GPU_MEMORY_GB, integer=False,
+                      above=True, unit=" of GB per GPU", hint=" (or omit it to plan for this machine)")
+    if num_gpus is not None:
+        _check_number("num_gpus", "--num-gpus", num_gpus, 0, MAX_GPUS, integer=True)
+    if dataset_size is not None:
+        _check_number("dataset_size", "--dataset-size", dataset_size, 1, MAX_PAIRS, integer=True,
+                      unit=" of preference pairs")
+    _check_number("max_length", "--max-length", max_length, 8, MAX_TOKENS, integer=True, unit=" of tokens")
+    if model_params is not None:
+        _check_number("model_params", "--model-params", model_params, MIN_MODEL_PARAMS, MAX_MODEL_PARAMS,
+                      integer=False, unit=" of parameters", hint=" (e.g. 7e9)")
+    if bf16_supported is not None and not isinstance(bf16_supported, bool):
+        raise PrefpilotError(f"bf16_supported (--bf16-supported) must be true or false; got {str(bf16_supported)[:40]}",
+                             code="bad_argument", path="/bf16_supported")
+
+
 def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct", gpu_memory_gb: float | None = None,
          num_gpus: int | None = None, dataset_size: int | None = None, dataset_path: str = "builtin:arith-prefs",
          bf16_supported: bool | None = None, max_length: int = 1024, model_params: float | None = None) -> dict:
@@ -153,6 +194,7 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
         raise PrefpilotError(f"method must be dpo or simpo, got {method!r}", code="bad_method", path="/method")
     if not model or not isinstance(model, str):
         raise PrefpilotError("model must be a model id or a local path", code="required", path="/model")
+    check_plan_arguments(gpu_memory_gb, num_gpus, dataset_size, max_length, model_params, bf16_supported)
     hw_given = {k: v for k, v in {"gpu_memory_gb": gpu_memory_gb, "num_gpus": num_gpus,
                                   "bf16_supported": bf16_supported}.items() if v is not None}
     hw = resolve_hardware(hw_given or None)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import stat
+import re
 import time
 import uuid
 from pathlib import Path
@@ -140,10 +141,19 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
     return len(rows) - len(keep)
 
 
+_CHECKPOINT = re.compile(r"checkpoint-([0-9]{1,18})")  # ASCII digits: "checkpoint-²" passes str.isdigit(), not int()
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a Trainer checkpoint folder (checkpoint-500 -> 500); None for any other name."""
+    m = _CHECKPOINT.fullmatch(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest *complete* checkpoint: a kill while saving leaves one without trainer_state.json (written last)."""
-    cks = sorted((p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                 key=lambda p: int(p.name.split("-")[-1]))
+    cks = sorted((p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if checkpoint_step(p) is not None),
+                 key=checkpoint_step)
     complete = [p for p in cks if (p / "trainer_state.json").is_file()]
     return complete[-1] if complete else None
 

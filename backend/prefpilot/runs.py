@@ -77,9 +77,17 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
     return fields[0], fields[19]
 
 
+PID_MAX = 2**31 - 1  # pid_t is a C int: os.kill on 2**63 (say, planted in status.json) overflows instead of failing
+
+
+def valid_pid(pid) -> bool:
+    """A number that can be a process id at all: an int (not a bool) from 1 to pid_t's maximum."""
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid <= PID_MAX
+
+
 def pid_alive(pid, started: str | None = None) -> bool:
     """Is this the process we started? Zombies and a reused pid count as dead."""
-    if not isinstance(pid, int) or pid <= 0:
+    if not valid_pid(pid):
         return False
     try:
         os.kill(pid, 0)
@@ -106,7 +114,7 @@ def is_our_trainer(st: dict, run_dir: Path) -> bool:
     (where /proc shows it) its command line must be prefpilot's trainer for this run dir: a pid planted in
     status.json, or reused by another program, is never signalled."""
     pid, started = st.get("pid"), st.get("pid_started")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not valid_pid(pid):
         return False
     stat = _proc_stat(pid)
     if stat is not None and not started:
@@ -284,6 +292,8 @@ def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0, 
 
 
 def _signal_group(pid: int, sig) -> None:
+    if not valid_pid(pid):  # never reached with a planted pid (is_our_trainer refuses it first); kept as a floor
+        return
     try:
         os.killpg(pid, sig)  # the trainer leads its own session; its children die with it
     except (ProcessLookupError, PermissionError):

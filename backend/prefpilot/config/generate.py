@@ -18,6 +18,9 @@ import types
 import typing
 from pathlib import Path
 
+from .limits import (MAX_ACCUMULATION, MAX_BATCH, MAX_EPOCHS, MAX_GPU_MEMORY_GB, MAX_GPUS, MAX_MODEL_PARAMS, MAX_RANK,
+                     MAX_SECONDS, MAX_SEED, MAX_STEPS, MAX_TOKENS, MAX_WORKERS)
+
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -27,18 +30,25 @@ PREFPILOT_FIELDS = {
                "description": "prefpilot: which trainer runs this config (DPOTrainer or TRL's CPO trainer in SimPO mode)."},
     "dataset_path": {"type": "string", "minLength": 1,
                      "description": "prefpilot: a local .jsonl/.json/.parquet/.csv file, or builtin:<name> for a dataset shipped with prefpilot."},
-    "model_params": {"type": "number", "exclusiveMinimum": 0,
+    "model_params": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_MODEL_PARAMS, "x-code": "range",
+                     "x-message": f"model_params must be a parameter count > 0 and at most {MAX_MODEL_PARAMS:g}",
                      "description": "prefpilot: parameter count of the model (e.g. 7.2e9), for the memory estimate when it cannot be read from disk."},
     "hardware": {
         "type": "object", "additionalProperties": False,
         "description": "prefpilot: the machine the run is meant for; absent, the local machine.",
         "properties": {
-            "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "description": "memory of one GPU in GB; null for CPU"},
-            "num_gpus": {"type": "integer", "minimum": 0},
+            "gpu_memory_gb": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_GPU_MEMORY_GB,
+                              "x-code": "range",
+                              "x-message": f"hardware.gpu_memory_gb must be a number of GB > 0 and at most "
+                                           f"{MAX_GPU_MEMORY_GB}, or null for CPU",
+                              "description": "memory of one GPU in GB; null for CPU"},
+            "num_gpus": {"type": "integer", "minimum": 0, "maximum": MAX_GPUS, "x-code": "range",
+                         "x-message": f"hardware.num_gpus must be an integer from 0 to {MAX_GPUS}"},
             "bf16_supported": {"type": "boolean"},
         },
     },
-    "max_wall_time": {"type": "number", "exclusiveMinimum": 0,
+    "max_wall_time": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS, "x-code": "range",
+                      "x-message": f"max_wall_time must be a number of seconds > 0 and at most {MAX_SECONDS}",
                       "description": "prefpilot: a lease in seconds of training: once spent, the run saves a checkpoint "
                                      "and ends cancelled (resume continues it); for unattended runs"},
     "diagnose": {
@@ -49,10 +59,10 @@ PREFPILOT_FIELDS = {
             "stop_on": {"enum": ["never", "nonfinite", "error", "warning"], "default": "nonfinite",
                         "description": "which findings stop the run with a checkpoint: NaN/inf only (default), "
                                        "any error-level finding, any warning or error, or none"},
-            "min_steps": {"type": "integer", "minimum": 0, "default": 10,
+            "min_steps": {"type": "integer", "minimum": 0, "maximum": MAX_STEPS, "default": 10,
                           "description": "trend findings may stop the run only after this many steps "
                                          "(one-row signatures stop it at once)"},
-            "every_s": {"type": "number", "exclusiveMinimum": 0, "default": 10,
+            "every_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS, "default": 10,
                         "description": "seconds between diagnoses (a row with NaN/inf is diagnosed at once)"},
         },
     },
@@ -148,21 +158,52 @@ def _uses(loss: str) -> dict:
             "required": ["loss_type"]}
 
 
+def _bounded(props: dict, key: str, low, high, note: str = "") -> None:
+    """An integer or number field from ``low`` (None: no lower bound) to ``high``, with one message for both."""
+    if key not in props:  # a field only one trainer has (precompute_ref_batch_size, max_completion_length)
+        return
+    kind = "an integer" if "integer" in json.dumps(props[key]) else "a number"
+    span = f"from {low} to {high}" if low is not None else f"at most {high}"
+    props[key].update(_c({"maximum": high, **({"minimum": low} if low is not None else {})}, "range",
+                         f"{key} must be {kind} {span}{note}"))
+
+
 def common_constraints(props: dict) -> None:
-    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        props[key].update(_c({"minimum": 1}, "range", f"{key} must be an integer ≥ 1"))
+    # Upper bounds (config/limits.py says why each): a value no run uses is refused here, by name, instead of
+    # overflowing a float or a C long in the estimate or at train time.
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        _bounded(props, key, 1, MAX_BATCH)
+    _bounded(props, "precompute_ref_batch_size", 1, MAX_BATCH)
+    _bounded(props, "gradient_accumulation_steps", 1, MAX_ACCUMULATION)
+    _bounded(props, "eval_accumulation_steps", 1, MAX_ACCUMULATION)
     props["beta"].update(_c({"exclusiveMinimum": 0}, "range", "beta must be > 0"))
     props["learning_rate"].update(_c({"exclusiveMinimum": 0}, "range", "learning_rate must be > 0"))
-    props["num_train_epochs"].update(_c({"exclusiveMinimum": 0}, "range", "num_train_epochs must be > 0"))
-    props["max_length"] = {**props["max_length"], "anyOf": [
-        _c({"type": "integer", "minimum": 8}, "range", "max_length must be an integer ≥ 8, or null for no truncation"),
-        {"type": "null"}]}
+    props["num_train_epochs"].update(_c({"exclusiveMinimum": 0, "maximum": MAX_EPOCHS}, "range",
+                                        f"num_train_epochs must be > 0 and at most {MAX_EPOCHS}"))
+    _bounded(props, "max_steps", -1, MAX_STEPS, " (-1: as many as num_train_epochs takes)")
+    # the range beside anyOf, not inside its integer branch: an out-of-range integer then fails the range (with
+    # its message), rather than both branches with the "not of type 'null'" one chosen to report
+    props["max_length"] = {**props["max_length"], "anyOf": [{"type": "integer"}, {"type": "null"}],
+                           **_c({"minimum": 8, "maximum": MAX_TOKENS}, "range",
+                                f"max_length must be an integer from 8 to {MAX_TOKENS}, or null for no truncation")}
     props["max_length"].pop("type", None)
-    props["warmup_steps"].update(_c({"minimum": 0}, "range",
-                                    "warmup_steps must be ≥ 0 (a value below 1 is a ratio of the total steps)"))
+    _bounded(props, "max_completion_length", 1, MAX_TOKENS)
+    props["warmup_steps"].update(_c({"minimum": 0, "maximum": MAX_STEPS}, "range",
+                                    f"warmup_steps must be from 0 to {MAX_STEPS} (a value below 1 is a ratio of "
+                                    "the total steps)"))
+    for key in ("logging_steps", "save_steps", "eval_steps"):  # a count, or a ratio of the total steps below 1
+        _bounded(props, key, 0, MAX_STEPS, " (a value below 1 is a ratio of the total steps)")
+    _bounded(props, "torch_empty_cache_steps", 1, MAX_STEPS)
+    _bounded(props, "ref_model_sync_steps", 1, MAX_STEPS)
+    for key in ("dataloader_num_workers", "dataset_num_proc", "dataloader_prefetch_factor"):
+        _bounded(props, key, 0, MAX_WORKERS)
+    for key in ("seed", "data_seed"):
+        _bounded(props, key, 0, MAX_SEED, " (numpy's seed range)")
+    _bounded(props, "ddp_timeout", 1, MAX_SECONDS, " seconds")
     props["lora_dropout"].update(_c({"minimum": 0, "maximum": 1}, "range", "lora_dropout must be in [0, 1]"))
     props["lora_target_modules"]["anyOf"].append({"type": "string"})  # peft accepts "all-linear"
-    props["lora_r"].update(_c({"minimum": 1}, "range", "lora_r must be ≥ 1"))
+    _bounded(props, "lora_r", 1, MAX_RANK)
+    _bounded(props, "lora_alpha", None, MAX_RANK)
 
 
 def build_dpo() -> dict:

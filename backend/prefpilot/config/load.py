@@ -41,6 +41,38 @@ def _depth(obj, limit: int) -> int:
     return deepest
 
 
+def config_object_problem(obj, source: str = "the config") -> PrefpilotError | None:
+    """The bounds YAML text gets (size, depth), for a config handed over as an object (the MCP tools take one):
+    a 5 MB run_name must cost what it costs in a file, a one-line error naming the key. Counted without
+    serialising: each string and key by its length, everything else by its repr, stopping once past the cap."""
+    size, per_key = 0, {}
+    stack = [(v, 2, k) for k, v in obj.items()] if isinstance(obj, dict) else [(obj, 1, "")]
+    while stack:
+        o, d, top = stack.pop()
+        if d > MAX_DEPTH:
+            return PrefpilotError(f"{source}: `{str(top)[:60]}` is nested more than {MAX_DEPTH} levels deep (a run "
+                                  "config is a flat mapping of keys)", code="too_deep", path=f"/{top}")
+        n = 4 + (len(top) if isinstance(top, str) and d == 2 else 0)  # quotes, colon, comma; a top-level key
+        if isinstance(o, dict):
+            n += 2 + 4 * len(o) + sum(len(k) if isinstance(k, str) else 8 for k in o)
+            stack.extend((v, d + 1, top) for v in o.values())
+        elif isinstance(o, (list, tuple)):
+            n += 2 + 2 * len(o)
+            stack.extend((v, d + 1, top) for v in o)
+        elif isinstance(o, str):
+            n += len(o)
+        else:  # a number, a bool, None (a huge int is not turned into text: validate refuses it by name)
+            n += len(repr(o)) if not isinstance(o, int) or o.bit_length() < 256 else 80
+        size += n
+        per_key[top] = per_key.get(top, 0) + n
+        if size > MAX_CONFIG_BYTES:
+            key, big = max(per_key.items(), key=lambda kv: kv[1])
+            return PrefpilotError(f"{source}: over {MAX_CONFIG_BYTES} characters as text (`{str(key)[:60]}` alone "
+                                  f"is {big} so far); a run config is at most {MAX_CONFIG_BYTES}, as a file or an "
+                                  "object: shorten that value", code="too_large", path=f"/{key}")
+    return None
+
+
 def safe_yaml(text: str, source: str):
     """YAML (or JSON) text -> Python data, bounded in size, aliases and depth; PrefpilotError otherwise."""
     if len(text) > MAX_CONFIG_BYTES:

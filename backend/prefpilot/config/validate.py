@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .estimate import estimate_memory
+from .limits import MAX_INT
 from .hardware import resolve_hardware
 from .normalize import normalize
 
@@ -138,7 +139,7 @@ def _schema_findings(config: dict, method: str) -> list:
         if leaf.validator == "type":
             s = {}  # the x-code/x-message beside a type describe the range, not the type
         path = _ptr(list(err.absolute_path))
-        field = str(err.absolute_path[0]) if err.absolute_path else ""
+        field = ".".join(map(str, err.absolute_path))  # hardware.gpu_memory_gb, not just hardware
         code = s.get("x-code") or {"type": "type", "enum": "enum", "const": "enum", "required": "required"}.get(
             leaf.validator, "range" if "imum" in str(leaf.validator) else "schema")
         if code == "unknown_loss_type" or (field == "loss_type" and len(err.absolute_path) == 1):
@@ -191,7 +192,10 @@ def _loss_type_findings(value, method: str) -> list:
     for path, v in items:
         if isinstance(v, str) and v in valid:
             continue
-        if v in RENAMED_LOSS:
+        if not isinstance(v, str):  # a mapping or a number: a type error, said as one (and no hashing a dict)
+            out.append(finding(path, "type", f"loss_type entries are names, got a {type(v).__name__} "
+                               f"({str(v)[:60]}); valid: {', '.join(valid)}", "e.g. loss_type: sigmoid"))
+        elif v in RENAMED_LOSS:
             out.append(finding(path, "renamed_value", f"loss_type `{v}` was renamed to `{RENAMED_LOSS[v]}` in TRL 1.x "
                                "(TRL accepts the old name in the config and fails at the first training step)",
                                f"use `{RENAMED_LOSS[v]}`"))
@@ -355,7 +359,8 @@ def _range_warnings(cfg: dict, method: str) -> list:
 
 def _numbers(config: dict, method: str) -> tuple[dict, list, list]:
     """Numbers written the way TRL's parser accepts them ("1e-4", which YAML 1.1 reads as text) become numbers,
-    with a note; NaN/inf anywhere is an error. Returns (config, notes, errors)."""
+    with a note; a NaN/inf or an integer beyond int64 anywhere (hardware:, loss_weights, model_init_kwargs...) is
+    an error. Returns (config, notes, errors)."""
     import math
     props = schema(method)["properties"]
     out, notes, errors = dict(config), [], []
@@ -373,11 +378,38 @@ def _numbers(config: dict, method: str) -> tuple[dict, list, list]:
                 notes.append(f"{key}: {value!r} read as the number {out[key]!r} (YAML 1.1 reads 1e-4 without a dot "
                              "as text; TRL's own parser converts it too)")
                 continue
-        v = out[key]
-        if isinstance(v, float) and not math.isfinite(v):
-            errors.append(finding(f"/{key}", "not_finite", f"{key} is {v}: it must be a finite number",
+    for path, v in _unusable_numbers(out):
+        name = ".".join(map(str, path))
+        if isinstance(v, float):
+            errors.append(finding(_ptr(path), "not_finite", f"{name} is {v}: it must be a finite number",
                                   "write a real value"))
+        else:
+            errors.append(finding(_ptr(path), "too_large", f"{name} is a {len(str(v)) if v.bit_length() < 14000 else 'many'}"
+                                  f"-digit integer: no setting takes more than int64 ({MAX_INT})",
+                                  "write a real value (see `prefpilot schemas show` for the field's range)"))
     return out, notes, errors
+
+
+def _unusable_numbers(config: dict) -> list[tuple[list, object]]:
+    """(path, value) of every NaN/inf float and every integer beyond int64, at any depth (bounded by load.py)."""
+    import math
+    found, stack = [], [([k], v) for k, v in config.items()]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((path + [k], x) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((path + [i], x) for i, x in enumerate(v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            found.append((path, v))
+        elif isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT - 1 <= v <= MAX_INT:
+            found.append((path, v))
+    return sorted(found, key=lambda pv: [str(p) for p in pv[0]])
+
+
+def _key_of(pointer: str) -> str:
+    """The top-level key a finding's JSON pointer is about ("/hardware/gpu_memory_gb" -> "hardware")."""
+    return pointer.split("/")[1].replace("~1", "/").replace("~0", "~") if pointer.count("/") else ""
 
 
 def _hf_cached(repo_id: str) -> bool:
@@ -449,8 +481,13 @@ def validate(config, *, complete: bool = True, local: bool = False, out_dir=None
         return Report(valid=False, method=None, errors=[finding("", "not_a_mapping", "the config must be a mapping of "
                       f"keys to values, got {type(config).__name__}", None)], warnings=[], normalized={}, estimate={},
                       notes=[])
+    from .load import config_object_problem
+    too_big = config_object_problem(config)  # an object (MCP) gets the bounds a YAML file gets in load.py
+    if too_big is not None:
+        return Report(valid=False, method=None, errors=[finding(too_big.path or "", too_big.code, str(too_big), None)],
+                      warnings=[], normalized={}, estimate={}, notes=[])
     method = config.get("method", "dpo")
-    if method not in ("dpo", "simpo"):
+    if not isinstance(method, str) or method not in ("dpo", "simpo"):
         return Report(valid=False, method=None, errors=[finding("/method", "enum", f"method {str(method)[:40]!r} "
                       "is not one prefpilot trains: supported are dpo (DPOTrainer, every loss_type) and simpo (TRL's "
                       "CPO trainer in SimPO mode)", "set method: dpo or method: simpo")], warnings=[], normalized={},
@@ -458,11 +495,19 @@ def validate(config, *, complete: bool = True, local: bool = False, out_dir=None
     config, coerce_notes, number_errors = _numbers(config, method)
     errors, drop = _key_findings(config, method)
     errors += number_errors
+    drop |= {_key_of(e["path"]) for e in number_errors}  # said once: a NaN is not also "not > 0"
     known = {k: v for k, v in config.items() if k not in drop}
     errors += _schema_findings(known, method)
-    cfg, notes = normalize(known)
+    # A key already reported (wrong type, out of range, NaN, a 400-digit integer) is left out of what follows:
+    # the rules and the estimate compute with values, and a dict for loss_type or "80" for gpu_memory_gb must be
+    # an error naming the field, not a TypeError/OverflowError three functions later.
+    reported = {_key_of(e["path"]) for e in errors}
+    usable = {k: v for k, v in known.items() if k not in reported}
+    cfg, notes = normalize(usable)
     notes = coerce_notes + notes
-    hw = resolve_hardware(config.get("hardware") if isinstance(config.get("hardware"), dict) else None)
+    bad_hw = "hardware" in reported
+    hw = resolve_hardware(usable.get("hardware") if isinstance(usable.get("hardware"), dict) else None)
+    config = {k: v for k, v in config.items() if k not in reported}
     rule_errs, warnings = _rule_findings(cfg, config, method, hw)
     errors += rule_errs
     warnings += _range_warnings(cfg, method) + _reach_warnings(cfg) + _gamma_conflict(config, cfg, method)
@@ -473,10 +518,13 @@ def validate(config, *, complete: bool = True, local: bool = False, out_dir=None
         warnings += model_warns
     warnings += _ignored_option_warnings(cfg, config, method)
     estimate = {}
-    try:
-        estimate = estimate_memory(cfg, hw)
-    except (TypeError, ValueError) as exc:  # bad types already reported above
-        estimate = {"known": False, "reason": f"not estimated: {exc}"}
+    if bad_hw:  # the machine it is meant for is not known: no estimate against another one
+        estimate = {"known": False, "reason": "the hardware block is invalid; see its error"}
+    else:
+        try:
+            estimate = estimate_memory(cfg, hw)
+        except (TypeError, ValueError, OverflowError) as exc:  # bad types already reported above
+            estimate = {"known": False, "reason": f"not estimated: {exc}"}
     if estimate.get("known") and estimate.get("device_memory_gb"):
         cap, need = estimate["device_memory_gb"], estimate["total_gb"]
         where = f"the {hw.get('gpu_name') or 'GPU'} ({cap} GB)" if estimate["device"] == "gpu" else f"RAM ({cap} GB)"

@@ -160,6 +160,31 @@ def _check_remedies(findings: list[dict], cfg: dict) -> None:
         f["remedies"] = [r for r in f["remedies"] if not r["change"] or errors({**cfg, **r["change"]}) <= base]
 
 
+# config keys the rules compute with: a value here that is no finite number is left out (with a note), so a
+# hand-edited config (beta: .nan, a 400-digit learning_rate) costs its value, not the diagnosis
+_NUMERIC_KEYS = ("beta", "learning_rate", "simpo_gamma", "gamma_beta_ratio", "sft_weight", "cpo_alpha", "max_steps",
+                 "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r")
+
+
+def _finite(v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return abs(v) < 1e300 if isinstance(v, int) else math.isfinite(v)  # an int past float's range overflows
+
+
+def usable_config(config) -> tuple[dict | None, list[str]]:
+    """(the config without the numbers the rules cannot compute with, the keys left out)."""
+    if not isinstance(config, dict):
+        return None, []
+    bad = [k for k in _NUMERIC_KEYS if k in config and config[k] is not None and not _finite(config[k])]
+    return {k: v for k, v in config.items() if k not in bad}, bad
+
+
+def _check_arg(name: str, value) -> None:
+    if value is not None and not (_finite(value) and value >= 0):
+        raise PrefpilotError(f"{name} must be a finite number ≥ 0, got {str(value)[:40]}", code="bad_argument")
+
+
 def diagnose(source, *, method: str | None = None, config: dict | None = None, beta: float | None = None,
              gamma: float | None = None) -> dict:
     """Findings for a run's metrics.
@@ -185,8 +210,14 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
                 config = run_config_near(source)
         except OSError:
             pass
+    _check_arg("beta", beta)
+    _check_arg("gamma", gamma)
+    config, unusable = usable_config(config)
     hist = source if isinstance(source, History) else load_history(source, beta=beta or (config or {}).get("beta"))
     info = hist.info
+    if unusable:
+        info.setdefault("notes", []).append(f"config {', '.join(unusable)}: not a finite number, left out (the "
+                                            "defaults or the log's values are used instead)")
     if method is not None and method not in METHODS:
         raise PrefpilotError(f"method {method!r}: use one of {', '.join(METHODS)}", code="bad_method")
     method, method_source = detect_method(hist, config, method)
@@ -279,7 +310,8 @@ def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=Non
     """
     if config is None and is_path:
         config = run_config_near(source, roots)
-    hist = load_history(Path(source) if is_path else source, beta=beta or (config or {}).get("beta"),
+    _check_arg("beta", beta)
+    hist = load_history(Path(source) if is_path else source, beta=beta or (usable_config(config)[0] or {}).get("beta"),
                         max_bytes=max_bytes, roots=[Path(r).resolve() for r in roots] if roots is not None else None)
     report = diagnose(hist, method=method, config=config, beta=beta, gamma=gamma)
     if plot is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import io
 import json
 import math
 import re
@@ -150,10 +149,16 @@ def table_columns(head: list[str]) -> list[str]:
     return out
 
 
-def _cells_to_rows(head: list[str], body: list[list[str]]) -> list[dict]:
+def _cell(c: str, v: str):
+    """A table cell as a number where it reads as one (a float takes a third of the memory of its text, and
+    a long CSV's rows are all held while the blocks are compared); else the text, as written."""
+    x = to_float(v.replace(",", "") if c in ("step", "steps") else v)
+    return v if x is None else x
+
+
+def _cells_to_rows(head: list[str], body) -> list[dict]:
     cols = table_columns(head)
-    return [{c: v.replace(",", "") if c in ("step", "steps") else v for c, v in zip(cols, cells)
-             if v.strip().lower() not in MISSING} for cells in body]
+    return [{c: _cell(c, v) for c, v in zip(cols, cells) if v.strip().lower() not in MISSING} for cells in body]
 
 
 def _heading_before(lines: list[str], i: int) -> str | None:
@@ -284,10 +289,17 @@ _FRACTION = re.compile(r"\d+/\d+")
 _EVAL_WORDS = re.compile(r"^\s*(val|valid|validation|eval|test)\b", re.I)
 
 
+# ast.literal_eval builds a syntax tree first: ~100 bytes per byte of input (a 16 MiB one-line repr peaked at 1.7 GB).
+# A longer text is not evaluated whole; the console reader still finds the flat dicts inside it one by one.
+LITERAL_MAX = 256 << 10
+
+
 def literal_dict(text: str):
     try:
         obj = json.loads(text)
     except ValueError:
+        if len(text) > LITERAL_MAX:
+            return None
         try:  # Python's repr: single quotes, bare nan/inf
             obj = ast.literal_eval(_BARE.sub(r"'\1'", text))
         except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
@@ -295,12 +307,18 @@ def literal_dict(text: str):
     return obj if isinstance(obj, dict) else None
 
 
+def step_number(digits: str):
+    """A step read from a run of digits: an int, or past 18 digits a float (inf past float's range), since int()
+    refuses over 4300 digits (Python's int-string limit); a non-finite step is then taken from the row order."""
+    return int(digits) if len(digits) <= 18 else float(digits)
+
+
 def _prefix_step(prefix: str):
     m = _TQDM_COUNT.search(prefix)
     if m and prefix.rstrip().endswith("]"):
-        return int(m.group(1))
+        return step_number(m.group(1))
     m = _STEP_PREFIX.search(prefix[-80:])
-    return int(m.group(1)) if m else None
+    return step_number(m.group(1)) if m else None
 
 
 def _has_metric(d: dict) -> bool:
@@ -328,13 +346,14 @@ def _labelled_row(line: str):
     if evals:  # "Iter 50: Val loss 0.61, Val took 3.2s": every number on the line is the evaluation's
         row = {k if _EVAL_WORDS.match(k) else f"val {k}": v for k, v in row.items()}
     if lead and lead.group(1):
-        row["step"] = int(lead.group(1))
+        row["step"] = step_number(lead.group(1))
     return row
 
 
 def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
     """(the console rows block, the `name value` summary block) of a text's lines."""
-    rows, ignored, summary = [], [], {}
+    rows, ignored, n_ignored, summary = [], [], 0, {}  # ignored: the first few only (a log is mostly tqdm lines)
+    keys: dict = {}
     if any(ln.count("{") > ln.count("}") for ln in lines):
         lines = _join_wrapped(lines)
     for line in lines:
@@ -345,11 +364,15 @@ def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
             for m in _DICT.finditer(line):
                 d = literal_dict(m.group(0))
                 if d:
+                    # one str object per distinct key, not one per row (a parsed literal's keys are all new)
+                    d = {keys.setdefault(k, k) if isinstance(k, str) else k: v for k, v in d.items()}
                     for k, v in d.items():  # ms-swift: 'global_step/max_steps': '5/100'
                         if isinstance(v, str) and canonical(k)[1] == "step" and _FRACTION.fullmatch(v.strip()):
-                            d[k] = int(v.split("/")[0])
+                            d[k] = step_number(v.strip().split("/")[0])
                     if not any(canonical(k)[1] == "step" for k in d):
-                        step = _prefix_step(line[:m.start()])
+                        # what precedes this dict on its line, not the whole line so far (a one-line dump holds
+                        # thousands of dicts: slicing from 0 each time would be quadratic)
+                        step = _prefix_step(line[max(0, m.start() - 400):m.start()])
                         if step is not None:
                             d["step"] = step
                     rows.append(d)
@@ -360,7 +383,7 @@ def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
                 if not any(canonical(k)[1] == "step" for k in d):
                     m = _TQDM_COUNT.search(line)
                     if m:
-                        d["step"] = int(m.group(1))
+                        d["step"] = step_number(m.group(1))
                 rows.append(d)
                 found = True
         if not found and "," in line:
@@ -374,9 +397,11 @@ def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
                 summary[m.group(1)] = m.group(2)
                 found = True
         if not found:
-            ignored.append(line.strip())
+            n_ignored += 1
+            if len(ignored) < 3:
+                ignored.append(line.strip()[:120])
     console = Block("console log", f"{where}lines", rows,
-                    info={"ignored_lines": len(ignored), "ignored_examples": [s[:120] for s in ignored[:3]]})
+                    info={"ignored_lines": n_ignored, "ignored_examples": ignored})
     summ = Block("summary lines (name value)", f"{where}lines", [summary] if summary else [])
     return console, summ
 
@@ -450,24 +475,46 @@ def looks_like_csv(text: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- containers
-def csv_block(text: str, where: str) -> Block:
-    reader = csv.reader(io.StringIO(text.lstrip()), delimiter=csv_head(text)[1])
-    head = next(reader, [])
-    return Block("csv/tsv", f"{where}CSV", _cells_to_rows(head, [r for r in reader if r]))
+def _lines(text: str, start: int = 0):
+    """The lines of ``text`` with their endings, one at a time (io.StringIO would hold a 4-byte-per-character copy)."""
+    n = len(text)
+    while start < n:
+        end = text.find("\n", start)
+        end = n if end < 0 else end + 1
+        yield text[start:end]
+        start = end
 
 
-def text_blocks(text: str, where: str = "", hints: dict | None = None) -> list[Block]:
+def csv_block(text: str, where: str, source: str = "the input") -> Block:
+    # a field may be as long as the text (already within the log size cap): csv's default limit of 128 KiB would
+    # otherwise end a real export with one long cell (a W&B table of samples) in csv.Error
+    if csv.field_size_limit() < len(text) + 1:
+        csv.field_size_limit(len(text) + 1)
+    reader = csv.reader(_lines(text, len(text) - len(text.lstrip())), delimiter=csv_head(text)[1])
+    try:
+        head = next(reader, [])
+        return Block("csv/tsv", f"{where}CSV", _cells_to_rows(head, (r for r in reader if r)))
+    except csv.Error as exc:
+        raise PrefpilotError(f"{source}: not readable as CSV at line {reader.line_num}: {exc} (fix or remove that "
+                             "row, or pass the run's metrics.jsonl / trainer_state.json)", code="unreadable_history") \
+            from None
+
+
+def text_blocks(text: str, where: str = "", hints: dict | None = None, source: str = "the input") -> list[Block]:
     """Every candidate block of a plain text, Markdown, HTML, CSV or console log."""
-    lines = text.splitlines()
     if looks_like_csv(text):  # aligned notebook tables pasted with tabs read as both: the table comes first
-        return text_tables(lines, where) + [csv_block(text, where)]
+        tables = text_tables(text.splitlines(), where)  # the lines are let go before the CSV's rows are built
+        return tables + [csv_block(text, where, source)]
+    lines = text.splitlines()
     blocks = []
     if "|" in text:
         blocks += markdown_tables(lines, where)
-    if "<table" in text.lower():
-        blocks += html_tables(text, where)
     low = text.lower()
-    if "step" in low or "epoch" in low:
+    has_html, has_steps = "<table" in low, "step" in low or "epoch" in low
+    del low  # a copy of the whole text: not kept while the blocks are built
+    if has_html:
+        blocks += html_tables(text, where)
+    if has_steps:
         blocks += text_tables(lines, where)
     console, summary = console_block(lines, where)
     blocks += [console, summary]

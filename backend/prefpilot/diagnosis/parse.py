@@ -118,8 +118,13 @@ def to_float(v):
     """A number from a number, a numeric string, "nan"/"inf", or "tensor(0.69, ...)"; else None."""
     if isinstance(v, bool) or v is None:
         return None
-    if isinstance(v, (int, float)):
-        return float(v)  # ints (steps) too
+    if isinstance(v, float):
+        return v
+    if isinstance(v, int):  # ints (steps) too; one past float's range (a 400-digit count) reads as ±inf
+        try:
+            return float(v)
+        except OverflowError:
+            return math.inf if v > 0 else -math.inf
     if isinstance(v, str):
         s = v.strip()
         try:
@@ -204,6 +209,8 @@ def _jsonl_rows(s: str, info: dict) -> list[dict] | None:
             rows.append(obj)
         else:
             bad += 1
+    if len(lines) == 1 and len(rows) == 1:  # one Python-repr object ({'log_history': [...]}): read as JSON's would be
+        return _from_json_obj(rows[0], info)
     if rows and bad <= len(lines) // 2:
         info["format"] = "jsonl"
         info["ignored_lines"] = bad
@@ -216,6 +223,7 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
     candidate blocks of blocks.py, the best of which is used."""
     from . import blocks
     s = text.strip()
+    del text  # the stripped copy is the one read: do not hold both (a log is up to the size cap)
     if not s:
         raise PrefpilotError("the metrics are empty: pass metrics.jsonl, trainer_state.json, a CSV or pasted log",
                              code="empty_history")
@@ -235,7 +243,7 @@ def rows_from_text(text: str, info: dict) -> list[dict]:
         if rows is not None:
             return rows
     hints = info.setdefault("hints", {})
-    found = blocks.text_blocks(s, "", hints)
+    found = blocks.text_blocks(s, "", hints, info.get("source") or "the input")
     rows = blocks.best(found, info, info.get("source") or "the input")
     if info["format"] == "markdown table":
         card = next((b for b in found if b.kind == "model card results list"), None)
@@ -258,7 +266,9 @@ def _append_card_results(table: list[dict], final: dict | None, info: dict) -> N
 
 
 TFEVENTS = "events.out.tfevents"
-DEFAULT_MAX_LOG_BYTES = 128 << 20  # parsing takes ~6× a log's size in memory: bound it, say how to raise it
+# Peak memory of `prefpilot diagnose` is 10-17x a log's size (bench/diagnose_memory.py: JSONL ~10x, a console log
+# or a one-line repr ~12x, CSV ~17x at 16 MiB), so the default cap costs at most ~2.2 GB: bound it, say how to raise it
+DEFAULT_MAX_LOG_BYTES = 128 << 20
 
 
 def size_text(n: int) -> str:
@@ -272,9 +282,9 @@ def size_text(n: int) -> str:
 def max_log_bytes(given: int | None = None) -> int:
     """The size limit for one log: ``given`` (the CLI's --max-bytes), else $PREFPILOT_MAX_LOG_BYTES, else 128 MiB."""
     if given is not None:
-        return int(given)
-    try:
-        return int(os.environ.get("PREFPILOT_MAX_LOG_BYTES") or DEFAULT_MAX_LOG_BYTES)
+        return min(int(given), 1 << 40)
+    try:  # clamped: a 400-digit value would overflow the read size (sys.stdin.read takes a C ssize_t)
+        return max(1, min(int(os.environ.get("PREFPILOT_MAX_LOG_BYTES") or DEFAULT_MAX_LOG_BYTES), 1 << 40))
     except ValueError:
         return DEFAULT_MAX_LOG_BYTES
 
@@ -298,8 +308,9 @@ def _refusal(p: Path, roots) -> str | None:
 def _read_path(path: Path, info: dict, max_bytes: int | None = None, roots=None) -> list[dict]:
     if path.is_dir():
         candidates = [path / "metrics.jsonl", path / "trainer_state.json", path / "trainer_log.jsonl"]
-        cks = sorted(path.glob("checkpoints/checkpoint-*/trainer_state.json"),
-                     key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdecimal() else -1)
+        from ..rundir import checkpoint_step
+        cks = sorted((p for p in path.glob("checkpoints/checkpoint-*/trainer_state.json")
+                      if checkpoint_step(p.parent) is not None), key=lambda p: checkpoint_step(p.parent))
         candidates += cks[::-1]
         found = None
         for c in candidates:
@@ -347,7 +358,9 @@ def _read_path(path: Path, info: dict, max_bytes: int | None = None, roots=None)
                              "trainer_log.jsonl, a CSV, a console log or a TensorBoard event file)",
                              code="unreadable_history")
     info["source"] = str(path)
-    return rows_from_text(data.decode("utf-8", errors="replace"), info)
+    text = data.decode("utf-8", errors="replace")
+    del data  # the bytes are not needed once decoded: a copy less at the peak
+    return rows_from_text(text, info)
 
 
 def _tensorboard_rows(files: list[Path], info: dict) -> list[dict]:
@@ -405,10 +418,10 @@ def _load_history(source, beta, max_bytes=None, roots=None):
     elif isinstance(source, str):
         raw = rows_from_text(source, info)
     elif isinstance(source, (list, dict)):
-        raw = _from_json_obj(source, info)
+        return normalise_rows(_from_json_obj(source, info), info, beta=beta)  # the caller's rows: left as they are
     else:
         raise PrefpilotError(f"cannot read metrics from a {type(source).__name__}", code="unreadable_history")
-    return normalise_rows(raw, info, beta=beta)
+    return normalise_rows(raw, info, beta=beta, consume=True)
 
 
 @lru_cache(maxsize=4096)
@@ -449,7 +462,9 @@ def _row_plan(keys: tuple) -> tuple:
     return train, [(k, n) for k, n, _ in sorted(ev, key=order)], other, unknown, aliases, fast
 
 
-def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> History:
+def normalise_rows(raw: list, info: dict, *, beta: float | None = None, consume: bool = False) -> History:
+    """``consume``: the rows were parsed here, so each raw dict is let go once read (the raw and the normalised
+    rows of a long log are then never all in memory at once)."""
     hist = History(info=info)
     bad_train, bad_eval = hist.nonfinite["train"], hist.nonfinite["eval"]
     isfinite = math.isfinite
@@ -458,7 +473,9 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
     skipped_rows = 0
     order = 0
     hot_plan, hot_vals, mixed = None, [], False  # value tuples of the one row shape a long run usually has
-    for r in raw:
+    for i, r in enumerate(raw):
+        if consume:
+            raw[i] = None
         if not isinstance(r, dict):
             skipped_rows += 1
             continue
@@ -477,11 +494,15 @@ def normalise_rows(raw: list, info: dict, *, beta: float | None = None) -> Histo
         tr, ev = {}, {}
         getter, names = plan[5]
         types = set(map(type, vals := getter(r))) if getter else None
-        if types is not None and types <= _NUMBER:  # the hot path for long runs: one C-level pass per row
+        hot = types is not None and types <= _NUMBER  # the hot path for long runs: one C-level pass per row
+        if hot and int in types:
+            try:  # an int past float's range (a 400-digit value) would overflow the sums below: the slow path
+                sum(vals, 0.0)
+            except OverflowError:
+                hot = False
+        if hot:
             tr = dict(zip(names, vals))  # ints (steps) stay ints: the rules only compare and average them
-            hot = True
         else:
-            hot = False
             for k, name in plan[0]:
                 if (x := to_float(r[k])) is not None:
                     tr[name] = x

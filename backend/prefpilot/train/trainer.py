@@ -226,7 +226,7 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     train_ds = Dataset.from_list(train_rows)
     ck = last_checkpoint(run_dir) if resume else None
     if ck is not None and main:
-        dropped = rundir.truncate_metrics(run_dir, int(ck.name.split("-")[-1]))
+        dropped = rundir.truncate_metrics(run_dir, rundir.checkpoint_step(ck))
         log.info("resuming from %s (dropped %d metric rows logged after it)", ck.name, dropped)
     recorder = RunRecorder(run_dir, config=cfg)
     if ck is not None:
