@@ -14,7 +14,7 @@ def _accuracy(out: str, key: str) -> tuple[float, float]:
     return float(line.split("before")[1].split()[0]), float(line.split("after")[1].split()[0])
 
 
-@pytest.mark.parametrize("method,key,steps", [("dpo", "logprob_accuracy", 20), ("simpo", "avg_logprob_accuracy", 24)])
+@pytest.mark.parametrize("method,key,steps", [("dpo", "summed", 20), ("simpo", "per_token", 24)])
 def test_demo_reverses_the_models_own_preference(tmp_path, method, key, steps):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "demo", "--method", method,
@@ -30,11 +30,17 @@ def test_demo_reverses_the_models_own_preference(tmp_path, method, key, steps):
     assert before < 0.5 < 0.8 < after, out[-2500:]  # the model had to change its mind, not confirm it
     assert (tmp_path / "skills/mlops/simpo/SKILL.md").is_file()
     (run_dir,) = (tmp_path / "runs").iterdir()
-    for png in ("diagnosis.png", "heldout_margins.png"):
+    for png in ("diagnosis.png", "eval/margins.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG", png
+    # step 7 is `prefpilot eval`: its report is in the run folder, with the generation checks
+    import json
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert report["pairs"] == 48 and report["preference_accuracy"][key] == after
+    assert set(report["generation"]) >= {"length_ratio", "cap_without_eos_rate", "repetition_rate", "empty_rate",
+                                         "kl_per_token"}
     # the ~0.5 GB final model is removed after the evaluation unless --keep-model
     assert not (run_dir / "final").exists() and "removed" in out and f"completed after {steps} steps" in out
     assert f"prefpilot runs --root {tmp_path / 'runs'} status" in out  # the hint names the root it used
     if method == "dpo":
-        assert _accuracy(out, "implicit_reward_accuracy")[0] == 0.5  # policy == reference before: every pair ties
+        assert _accuracy(out, "implicit")[0] == 0.5  # policy == reference before: every pair ties
     assert "None" not in out

@@ -231,15 +231,18 @@ def test_catalogue_matches_the_skill():
         assert set(entry["explain"]) == set(entry["thresholds"]), f"{fid}: every threshold needs its explanation"
     doc = (bundle_root() / "skills/mlops/preference-diagnostics/references/pathologies.md").read_text()
     headings = [h for h in re.findall(r"^## (\w+)$", doc, re.M) if h != "Contents"]  # the contents list heads the doc
-    assert headings == list(table)
-    for fid, entry in table.items():
+    evaluation = catalogue()["evaluation"]  # judged on the model by `prefpilot eval`, rendered after the curve ones
+    assert headings == list(table) + list(evaluation)
+    for fid, entry in {**table, **evaluation}.items():
         section = doc.split(f"## {fid}\n", 1)[1].split("\n## ", 1)[0]
         for name in entry["thresholds"]:
             if name != "min_points":
                 assert f"`{name}`" in section, f"{fid}: threshold {name} is not explained in pathologies.md"
     skill = (bundle_root() / "skills/mlops/preference-diagnostics/SKILL.md").read_text()
-    for fid in table:
+    for fid in [*table, *evaluation]:
         assert f"`{fid}`" in skill, f"SKILL.md does not list {fid}"
+    for fid, entry in evaluation.items():
+        assert entry["kind"] == "evaluation" and set(entry["explain"]) == set(entry["thresholds"]), fid
 
 
 # ----------------------------------------------------------------------------- CLI, plot, light imports

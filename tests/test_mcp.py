@@ -73,7 +73,7 @@ def test_tools_resources_prompts_are_listed_with_schemas_and_annotations(ws):
     with session(ws) as (portal, client):
         tools = {t.name: t for t in portal.call(client.list_tools).tools}
         assert set(tools) == {"list_skills", "read_skill", "validate_config", "plan_run", "launch_run", "run_status",
-                              "list_runs", "cancel_run", "resume_run", "wait_run", "run_logs", "diagnose_run",
+                              "list_runs", "cancel_run", "resume_run", "wait_run", "run_logs", "diagnose_run", "evaluate_run",
                               "explain_loss"}
         for name, t in tools.items():
             assert t.description and len(t.description) > 40, name
@@ -270,6 +270,8 @@ TOOL_ARGS = {
     "run_logs": st.fixed_dictionaries({"run_id": JSONISH | PATHS}, optional={"tail": JSONISH}),
     "diagnose_run": st.fixed_dictionaries({}, optional={"run_id": JSONISH | PATHS, "metrics_path": PATHS,
                                                         "method": JSONISH, "plot": st.just(False)}),
+    "evaluate_run": st.fixed_dictionaries({"run_id": JSONISH | PATHS}, optional={
+        "pairs": JSONISH | PATHS, "prompts": JSONISH, "checkpoints": JSONISH, "timeout_s": st.just(1)}),
     "explain_loss": st.fixed_dictionaries({"loss_type": st.text(max_size=15) | st.sampled_from(["ipo", "simpo"])},
                                           optional={"method": JSONISH}),
 }
@@ -299,7 +301,7 @@ def test_fuzzed_arguments_get_a_result_or_a_tool_error(tool, fuzz_session):
             assert r.content or r.structured_content is not None
     check()
     # the server is still alive and answering after the barrage
-    assert len(portal.call(client.list_tools).tools) == 13
+    assert len(portal.call(client.list_tools).tools) == 14
     assert not [p for p in (portal.call(client.call_tool, "list_runs", {}).structured_content["runs"])
                 if p.get("state") == "running"]
 

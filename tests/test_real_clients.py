@@ -55,4 +55,4 @@ def test_hermes_mcp_test_discovers_every_tool(tmp_path):
         f"mcp_servers:\n  prefpilot:\n    command: {sys.executable}\n"
         f"    args: [\"-m\", \"prefpilot.cli\", \"mcp\", \"--workspace\", \"{home / 'ws'}\"]\n")
     out = hermes(home, "mcp", "test", "prefpilot")
-    assert "Connected" in out and "Tools discovered: 13" in out, out[-2000:]
+    assert "Connected" in out and "Tools discovered: 14" in out, out[-2000:]

@@ -372,6 +372,74 @@ def cmd_diagnose(args) -> int:
 DIAGNOSE_EXIT = {"healthy": 0, "problems": 3, "inconclusive": 4}
 
 
+def format_evaluation(r: dict) -> str:
+    """The evaluation report as a person reads it: accuracies before/after, the generation checks, checkpoints."""
+    lines = [f"{r['method'].upper()} {r['run_id']}, {r['model']}: {r['summary']}",
+             f"  held-out pairs: {r['pairs']} from {r['pairs_source']}; generation: {r['prompts']} prompts, greedy, "
+             f"max_new_tokens {r['max_new_tokens']}"]
+    what = {"summed": "summed log-prob (DPO's ranking)", "per_token": "per-token log-prob (SimPO's reward)",
+            "implicit": "implicit reward β·log π/π_ref (rewards/accuracies; 0.5 before: every pair ties)"}
+    lines.append("  preference accuracy      reference → trained")
+    for k, v in r["preference_accuracy"].items():
+        lines.append(f"    {k:10} {r['before'].get(k, float('nan')):.3f} → {v:.3f}   {what.get(k, '')}")
+    g = r.get("generation") or {}
+    if g:
+        ref = g.get("reference") or {}
+        pol = g.get("policy") or {}
+        lines.append("  generation               reference   trained")
+        lines.append(f"    mean tokens            {ref.get('mean_length', 0):9.1f} {pol.get('mean_length', 0):9.1f}"
+                     f"   (length ratio {g['length_ratio'] if g.get('length_ratio') is not None else '?'})")
+        for k in ("cap_without_eos_rate", "repetition_rate", "empty_rate"):
+            lines.append(f"    {k:22} {ref.get(k, 0):9.0%} {pol.get(k, 0):9.0%}")
+        lines.append(f"    KL to the reference, per token (on the trained model's outputs): {g['kl_per_token']:.4f}")
+    if len(r.get("checkpoints", [])) > 1:
+        lines.append("  checkpoints: " + "; ".join(
+            f"{c['name']} " + ", ".join(f"{k} {v:.3f}" for k, v in c["preference_accuracy"].items())
+            + (f" [{', '.join(c['guard_findings'])}]" if c.get("guard_findings") else "") for c in r["checkpoints"]))
+    if r.get("best_checkpoint"):
+        b = r["best_checkpoint"]
+        lines.append(f"  best checkpoint: {b['name']} ({b['path']}): {b['reason']}")
+    for f in r["findings"]:
+        lines.append(f"\n[{f['severity']}] {f['id']}\n  {f['explanation']}")
+        lines.append("  evidence: " + ", ".join(f"{k}={v}" for k, v in f["evidence"].items()))
+        for rem in f["remedies"]:
+            change = ", ".join(f"{k}: {json.dumps(v)}" for k, v in rem["change"].items()) or "(no config change)"
+            lines.append(f"  fix: {change} — {rem['why']}")
+    for sm in r.get("samples", []):
+        lines.append(f"\n  prompt:    {sm['prompt'][-160:]!r}\n  reference: {sm['reference'][:160]!r}\n"
+                     f"  trained:   {sm['policy'][:160]!r}")
+    lines.append(f"\nreport: {r['run_dir']}/eval/report.json  samples: {r['samples_path']}"
+                 + (f"  plot: {r['plot']}" if r.get("plot") else "") + f"  ({r['seconds']} s)")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from .evaluation.run import evaluate
+    from . import runs
+    target = args.run
+    if not os.path.isdir(target):
+        if runs.RUN_ID.match(target) and (runs.runs_root(args.root) / target / "status.json").is_file():
+            target = str(runs.run_path(target, args.root))
+        else:
+            print(f"prefpilot eval: {target}: not a run folder, and no run {target!r} under "
+                  f"{runs.runs_root(args.root)} (see `prefpilot runs list`)", file=sys.stderr)
+            return 2
+
+    def progress(done, total, what):
+        if not args.json and sys.stderr.isatty():
+            print(f"\r  {done}/{total} {what:40}", end="", file=sys.stderr, flush=True)
+    try:
+        report = evaluate(target, pairs=args.pairs, prompts=args.prompts, checkpoints=args.checkpoints,
+                          max_new_tokens=args.max_new_tokens, max_pairs=args.max_pairs, progress=progress)
+    except PrefpilotError as exc:
+        print(f"prefpilot eval: {exc}", file=sys.stderr)
+        return 2
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)
+    _print(report, args.json, format_evaluation)
+    return 0 if report["verdict"] == "healthy" else 3
+
+
 def cmd_export(args) -> int:
     import yaml
     from .config import load_config
@@ -436,7 +504,8 @@ def cmd_demo(args) -> int:
     if args.detach:
         return 0
     ev = result["evaluation"]
-    return 0 if ev["after"][result["metric"]] >= ev["before"][result["metric"]] else 4
+    key = result["metric"]
+    return 0 if ev["preference_accuracy"][key] >= ev["before"][key] else 4
 
 
 def cmd_mcp(args) -> int:
@@ -585,6 +654,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trl", action="store_true", default=True, help="TRL's format (the only one; the default)")
     p.add_argument("-o", "--output", help="write here instead of standard output")
 
+    p = sub.add_parser("eval", help="judge a run's trained model: held-out preference accuracy against the "
+                                    "reference, generation checks, the best checkpoint; exit 0 healthy, 3 problems")
+    p.add_argument("run", help="a run dir or a run id from `prefpilot runs list`")
+    p.add_argument("--pairs", help="held-out pairs (a .jsonl/.json/.csv/.parquet file or builtin:<name>); default: "
+                                   "the run's test split, else the slice it set aside (eval_holdout)")
+    p.add_argument("--prompts", type=_ranged(int, 0, 1024, "a whole number"), default=8,
+                   help="held-out prompts to generate from, trained model and reference (default 8; 0: none)")
+    p.add_argument("--checkpoints", choices=["last", "all"], default="last",
+                   help="last: the final model; all: every saved checkpoint too, and the best of them")
+    p.add_argument("--max-new-tokens", type=_ranged(int, 1, 4096, "a whole number"), default=48,
+                   help="the generation cap (default 48)")
+    p.add_argument("--max-pairs", type=_ranged(int, 1, 100000, "a whole number"), default=64,
+                   help="held-out pairs to score at most (default 64)")
+    p.add_argument("--root", help="runs root, for a run id (default $PREFPILOT_RUNS or ./runs)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
     p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
     p.add_argument("loss_type", nargs="?", help="a loss_type, e.g. ipo, robust, apo_zero, simpo, hinge "
                                               "(default: the method's own, sigmoid)")
@@ -652,7 +737,7 @@ def main(argv=None) -> int:
     try:
         return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
                 "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose,
-                "explain": cmd_explain, "export": cmd_export, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
+                "explain": cmd_explain, "eval": cmd_eval, "export": cmd_export, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {_one_line(exc)}", file=sys.stderr)
         return 1

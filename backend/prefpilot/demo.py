@@ -164,25 +164,28 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
             out("     (expected here: the demo raised the learning rate in step 3 so that a few CPU steps move the "
                 "model; keep the table's value for a real run)")
 
-    # 7. held-out preference accuracy, by the model's own log-probs, before and after, on the same pairs
-    from .data import builtin_files
-    from .train.data import read_rows
-    from .train.evaluate import evaluate_run, plot_margins
-    rows = read_rows(str(builtin_files(DATASET_NAME)["test"]))
-    rows = rows[:eval_pairs] if eval_pairs else rows
-    ev = evaluate_run(str(run_dir / "final"), ref_path, rows, beta=float(cfg.get("beta", 0.1)))
-    key = "avg_logprob_accuracy" if method == "simpo" else "logprob_accuracy"
-    b, a = ev["before"], ev["after"]
-    out(f"7. held-out preference accuracy on {len(rows)} unseen prompts (share of pairs where the model gives the bare "
-        "answer more probability than the wrapped one):")
-    lines = [("logprob_accuracy", "summed log-prob: what the model itself prefers; DPO's reward without β and π_ref"),
-             ("avg_logprob_accuracy", "per-token log-prob: SimPO's reward")]
-    if method == "dpo":
-        lines.append(("implicit_reward_accuracy", "DPO's reward β·log π/π_ref; 0.5 before: every pair ties"))
+    # 7. the trained model judged by `prefpilot eval` (the same function): held-out pairs and generations
+    from .evaluation.run import evaluate
+    ev = evaluate(run_dir, pairs=f"builtin:{DATASET_NAME}", max_pairs=eval_pairs or 10_000)
+    key = "per_token" if method == "simpo" else "summed"
+    b, a = ev["before"], ev["preference_accuracy"]
+    out(f"7. held-out preference accuracy on {ev['pairs']} unseen prompts (share of pairs where the model gives the bare "
+        "answer more probability than the wrapped one), by `prefpilot eval`:")
+    lines = [("summed", "summed log-prob: what the model itself prefers; DPO's reward without β and π_ref"),
+             ("per_token", "per-token log-prob: SimPO's reward")]
+    if "implicit" in a:
+        lines.append(("implicit", "DPO's reward β·log π/π_ref; 0.5 before: every pair ties"))
     for k, what in lines:
-        out(f"   {k:26} before {b[k]:.3f}  after {a[k]:.3f}   ({what})")
-    margins_png = plot_margins(ev, run_dir / "heldout_margins.png",
-                               title=f"{method.upper()} on {DATASET}: held-out margins before and after {st.get('step')} steps")
+        out(f"   {k:10} before {b[k]:.3f}  after {a[k]:.3f}   ({what})")
+    g = ev.get("generation") or {}
+    if g:
+        out(f"   generations on {ev['prompts']} prompts: length ratio {g['length_ratio']}, without EOS "
+            f"{g['cap_without_eos_rate']:.0%}, loops {g['repetition_rate']:.0%}, empty {g['empty_rate']:.0%}, "
+            f"KL/token {g['kl_per_token']:.3f}")
+    out(f"   evaluation: {ev['summary']} ({ev['seconds']} s)")
+    for f in ev["findings"]:
+        out(f"   [{f['severity']}] {f['id']}: {f['explanation'][:160]}")
+    margins_png = ev.get("plot")
     out(f"   margin histograms: {margins_png}")
     final = run_dir / "final"
     if keep_model:

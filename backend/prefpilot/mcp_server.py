@@ -152,6 +152,35 @@ class Diagnosis(TypedDict, total=False):
     plot: str
 
 
+class Evaluation(TypedDict, total=False):
+    state: Literal["running", "completed", "failed"]   # the background job's state
+    progress: dict[str, Any]                           # {done, total, phase} while it runs
+    note: str
+    error: str
+    run_id: str
+    run_dir: str
+    method: str
+    model: str                                        # final, or checkpoint-N: the last model evaluated
+    pairs: int
+    pairs_source: str
+    prompts: int
+    max_new_tokens: int
+    preference_accuracy: dict[str, float]             # summed, per_token, implicit (DPO family)
+    before: dict[str, float]                          # the same for the reference model
+    margins: dict[str, Any]
+    generation: dict[str, Any]                        # length_ratio, cap_without_eos_rate, repetition_rate, ...
+    checkpoints: list[dict[str, Any]]
+    best_checkpoint: dict[str, Any] | None
+    findings: list[DiagnosisFinding]
+    verdict: Literal["healthy", "problems"]
+    summary: str
+    samples: list[dict[str, Any]]
+    samples_path: str
+    plot: str
+    plot_error: str
+    seconds: float
+
+
 class LossExplanation(TypedDict):
     loss_type: str
     method: str
@@ -474,6 +503,55 @@ def build_server(ws: Workspace) -> MCPServer:
         """The last `tail` lines (1-10000) of a run's train.log."""
         from . import runs
         return runs.logs(run_id, ws.runs_root, tail=tail)
+
+    # -- evaluation
+    @mcp.tool(title="Evaluate a run's model", annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False))
+    @tool_errors_async
+    async def evaluate_run(run_id: str, ctx: Context,
+                           pairs: Annotated[str | None, Field(description=(
+                               "held-out pairs: a file in the workspace or builtin:<name>; default the run's test "
+                               "split, else the slice it set aside at launch"))] = None,
+                           prompts: Annotated[int, Field(ge=0, le=1024, description=(
+                               "held-out prompts to generate from (trained model and reference)"))] = 8,
+                           checkpoints: Literal["last", "all"] = "last",
+                           max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48,
+                           timeout_s: Annotated[float, Field(ge=1, le=50, description=(
+                               "longest wait in seconds; call again to keep waiting"))] = 30.0) -> Evaluation:
+        """Judge a run's trained model, not its curves: held-out preference accuracy against the reference
+        (summed, per-token and, for DPO, implicit reward), greedy generations beside the reference (length ratio,
+        share that never emits EOS, repetition loops, empty answers, per-token KL) and, with checkpoints='all',
+        the best checkpoint. Runs in the background with progress notifications; returns the report when done,
+        else state 'running' (call again with the same arguments to keep waiting)."""
+        import anyio
+
+        from . import runs
+        from .evaluation import background
+        d = runs.run_path(run_id, ws.runs_root)
+        if pairs is not None and not pairs.startswith("builtin:"):
+            pairs = str(ws.confine(pairs, "pairs"))
+        options = {"pairs": pairs, "prompts": prompts, "checkpoints": checkpoints, "max_new_tokens": max_new_tokens}
+        done = await anyio.to_thread.run_sync(background.report_if_current, d, options)
+        if done is not None:
+            return _json_safe({**done, "state": "completed", "note": "the evaluation of the current model"})
+        st = await anyio.to_thread.run_sync(background.read, d)
+        if st.get("state") != "running":
+            st = await anyio.to_thread.run_sync(background.start, d, options)
+        deadline = anyio.current_time() + timeout_s
+        while True:
+            await ctx.report_progress(st.get("done") or 0, st.get("total"), f"evaluating: {st.get('phase')}")
+            if st.get("state") == "completed":
+                from .evaluation.run import read_report
+                return _json_safe({**(read_report(d) or {}), "state": "completed"})
+            if st.get("state") == "failed":
+                raise PrefpilotError(f"the evaluation of {run_id} failed: {st.get('error')}", code="eval_failed")
+            if anyio.current_time() >= deadline:
+                return {"state": "running", "run_id": run_id,
+                        "progress": {k: st.get(k) for k in ("done", "total", "phase")},
+                        "note": f"still evaluating after {timeout_s:g} s: call evaluate_run again with the same "
+                                "arguments to keep waiting"}
+            await anyio.sleep(min(1.0, max(0.0, deadline - anyio.current_time())))
+            st = await anyio.to_thread.run_sync(background.read, d)
 
     # -- diagnosis
     @mcp.tool(title="Diagnose a run", annotations=READ_ONLY)

@@ -129,14 +129,16 @@ def render_findings_table() -> str:
 
     def methods(f):
         return "all" if f["methods"] == "all" else ", ".join(f["methods"])
-    rows = [[f"`{fid}`", f["severity"], f["kind"], methods(f), f["summary"]] for fid, f in t["findings"].items()]
+    every = {**t["findings"], **t.get("evaluation", {})}  # curve findings, then those judged on the model
+    rows = [[f"`{fid}`", f["severity"], f["kind"], methods(f), f["summary"]] for fid, f in every.items()]
     head = (f"Warm-up = the first {t['warmup_fraction']:.0%} of logged training points; start/end levels are means "
             f"over {t['edge_fraction']:.0%} of the points at each end. A row is at the start of training when its "
             f"step is at most {t['start']['max_step']} (or, when the log has no steps, its epoch at most "
             f"{t['start']['max_epoch']}). Signatures fire from one logged row; trend rules need the points their "
-            "`min_points` says.\n\n")
+            "`min_points` says. Evaluation findings come from `prefpilot eval` (the trained model on held-out pairs "
+            "and prompts, beside its reference), not from the curves.\n\n")
     out = [head + _table(["id", "severity", "kind", "methods", "fires when"], rows)]
-    for fid, f in t["findings"].items():
+    for fid, f in every.items():
         lines = [f"## {fid}", f"*{f['severity']}, {f['kind']}, methods: {methods(f)}.* Fires when {f['summary']}.", ""]
         for name, value in f["thresholds"].items():
             shown = value if not isinstance(value, dict) else \

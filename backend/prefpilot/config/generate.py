@@ -47,6 +47,13 @@ PREFPILOT_FIELDS = {
             "bf16_supported": {"type": "boolean"},
         },
     },
+    "eval_holdout": {"anyOf": [{"enum": ["auto", False]}, {"type": "number", "minimum": 0, "maximum": 1_000_000}],
+                     "default": "auto", "x-code": "range",
+                     "x-message": "eval_holdout is auto, false, a share of the pairs below 1 (0.05) or a count (64)",
+                     "description": "prefpilot: held-out pairs set aside at launch when the data has no test split, "
+                                    "for `prefpilot eval` (never trained on; kept in eval/holdout.jsonl): a share "
+                                    "below 1, a count, false for none, or auto (5%, at most 64, for 200 pairs or "
+                                    "more)"},
     "max_wall_time": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS, "x-code": "range",
                       "x-message": f"max_wall_time must be a number of seconds > 0 and at most {MAX_SECONDS}",
                       "description": "prefpilot: a lease in seconds of training: once spent, the run saves a checkpoint "

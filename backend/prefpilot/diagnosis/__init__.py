@@ -314,11 +314,41 @@ def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=Non
     hist = load_history(Path(source) if is_path else source, beta=beta or (usable_config(config)[0] or {}).get("beta"),
                         max_bytes=max_bytes, roots=[Path(r).resolve() for r in roots] if roots is not None else None)
     report = diagnose(hist, method=method, config=config, beta=beta, gamma=gamma)
+    if is_path:
+        report = with_evaluation(report, Path(source), roots)
     if plot is not None:
         from .plot import plot as draw
         written = draw(hist, report, plot)
         if written is not None:
             report["plot"] = str(written)
+    return report
+
+
+def with_evaluation(report: dict, source: Path, roots=None) -> dict:
+    """Add the run's last `prefpilot eval` (eval/report.json beside the metrics) to a curve diagnosis: its
+    findings join the curve ones, and healthy curves with an unhealthy model are said to be exactly that."""
+    from ..evaluation.run import read_report
+    from .parse import _refusal
+    d = source if source.is_dir() else source.parent
+    f = d / "eval" / "report.json"
+    if not f.is_file() or _refusal(f, [Path(r).resolve() for r in roots] if roots is not None else None):
+        return report
+    ev = read_report(d)
+    if not ev or not isinstance(ev.get("findings"), list):
+        return report
+    gen = {k: v for k, v in (ev.get("generation") or {}).items() if k not in ("policy", "reference")}
+    report["evaluation"] = {"verdict": ev.get("verdict"), "summary": ev.get("summary"), "model": ev.get("model"),
+                            "preference_accuracy": ev.get("preference_accuracy"), "before": ev.get("before"),
+                            "generation": gen, "best_checkpoint": ev.get("best_checkpoint"), "report": str(f)}
+    report["findings"] = report["findings"] + ev["findings"]
+    if ev.get("verdict") == "problems":
+        if report["verdict"] == "healthy":
+            report["summary"] = f"healthy curves, unhealthy model: {ev.get('summary')} (curves: {report['summary']})"
+        else:
+            report["summary"] += f"; the trained model: {ev.get('summary')}"
+        report["verdict"], report["healthy"] = "problems", False
+    else:
+        report["summary"] += f"; the trained model: {ev.get('summary')}"
     return report
 
 

@@ -201,3 +201,28 @@ def drop_overlong_simpo_prompts(rows: list, tokenizer, max_length: int, source: 
             code="bad_data", path="/max_length")
     drop = {i for i, _ in over}
     return [r for i, r in enumerate(rows, 1) if i not in drop]
+
+
+AUTO_HOLDOUT = (200, 0.05, 64)  # auto: from 200 pairs up, 5% of them, at most 64
+
+
+def holdout_split(rows: list, spec, seed: int = 42) -> tuple[list, list]:
+    """(training rows, held-out rows) for `prefpilot eval` when the data has no test split: deterministic for a
+    seed, so every rank and every resume sets aside the same pairs."""
+    import random
+    n = len(rows)
+    if spec is None or spec == "auto":
+        k = min(AUTO_HOLDOUT[2], round(AUTO_HOLDOUT[1] * n)) if n >= AUTO_HOLDOUT[0] else 0
+    elif spec is False or spec == 0:
+        k = 0
+    elif isinstance(spec, float) and 0 < spec < 1:
+        k = max(1, round(spec * n))
+    else:
+        k = int(spec)
+    if k <= 0:
+        return rows, []
+    if k >= n:
+        raise PrefpilotError(f"eval_holdout {spec} would set aside {k} of {n} pairs and leave none to train on; use a "
+                             "smaller share or count, or false", code="bad_holdout", path="/eval_holdout")
+    held = set(random.Random(seed).sample(range(n), k))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

@@ -4,6 +4,7 @@ Everything heavy is imported inside functions so `prefpilot train --help` stays 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -140,6 +141,17 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
         # Data first: a bad row must never cost a model load.
         from .data import load_splits
         train_rows, eval_rows, data_report = load_splits(cfg, max_bad_rows)
+        if eval_rows is None:  # no test split: set pairs aside for `prefpilot eval`, never trained on
+            from .data import holdout_split
+            train_rows, held = holdout_split(train_rows, cfg.get("eval_holdout", "auto"), int(cfg.get("seed", 42)))
+            data_report["trained"] = len(train_rows)
+            if held:
+                data_report["held_out"] = len(held)
+                if main:
+                    (run_dir / "eval").mkdir(exist_ok=True)
+                    with open(run_dir / "eval" / "holdout.jsonl", "w", encoding="utf-8") as fh:
+                        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in held)
+                    log.info("set aside %d held-out pairs for `prefpilot eval` (eval_holdout)", len(held))
         if data_report["dropped"] and main:
             log.warning("dropped %d bad rows (allowed by --max-bad-rows)", data_report["dropped"])
         chosen, notes = hardware_defaults(cfg, report)

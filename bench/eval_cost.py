@@ -1,0 +1,57 @@
+"""What `prefpilot eval` costs beside the training it judges, on the demo's run, measured in one process.
+
+    python bench/eval_cost.py [--method dpo|simpo] [--prompts 8] [--pairs 48] [--repeat 2]
+
+Runs `prefpilot demo` once (SmolLM2-135M-Instruct, builtin terse-prefs, its 20-24 CPU steps; the final model
+kept), then evaluates that run `--repeat` times with the given sizes and prints the training time (status.json's
+train_seconds), each evaluation's wall time and its parts (scoring held-out pairs under the reference and the
+trained model; greedy generation), and the ratio evaluation / training. The issue's goal is <= 5%.
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "backend"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", choices=["dpo", "simpo"], default="dpo")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=48)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    from prefpilot.demo import run_demo
+    from prefpilot.evaluation.run import evaluate
+    work = Path(tempfile.mkdtemp(prefix="prefpilot-eval-bench-"))
+    result = run_demo(method=args.method, target=str(work / "skills"), runs_root=str(work / "runs"),
+                      keep_model=True, out=lambda *a, **k: None)
+    run_dir = Path(result["run_dir"])
+    train_s = float(result["status"].get("train_seconds") or 0)
+    walls, parts = [], []
+    for _ in range(args.repeat):
+        marks = []
+        t0 = time.time()
+        rep = evaluate(run_dir, pairs="builtin:terse-prefs", prompts=args.prompts, max_pairs=args.pairs,
+                       progress=lambda d, t, what: marks.append((what, time.time())))
+        walls.append(time.time() - t0)
+        prev, steps = t0, {}
+        for what, at in marks:
+            steps[what] = round(at - prev, 2)
+            prev = at
+        parts.append(steps)
+    wall = statistics.median(walls)
+    out = {"method": args.method, "train_seconds": train_s, "eval_seconds": [round(w, 2) for w in walls],
+           "eval_over_train": round(wall / train_s, 3) if train_s else None, "pairs": rep["pairs"],
+           "prompts": rep["prompts"], "parts_s": parts[-1], "goal": "<= 0.05"}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
