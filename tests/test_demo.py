@@ -35,7 +35,7 @@ def test_demo_reverses_the_models_own_preference(tmp_path, method, key, steps):
     # step 7 is `prefpilot eval`: its report is in the run folder, with the generation checks
     import json
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    assert report["pairs"] == 48 and report["preference_accuracy"][key] == after
+    assert report["pairs"] == 48 and round(report["preference_accuracy"][key], 3) == after
     assert set(report["generation"]) >= {"length_ratio", "cap_without_eos_rate", "repetition_rate", "empty_rate",
                                          "kl_per_token"}
     # the ~0.5 GB final model is removed after the evaluation unless --keep-model

@@ -179,7 +179,8 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
         out(f"   {k:10} before {b[k]:.3f}  after {a[k]:.3f}   ({what})")
     g = ev.get("generation") or {}
     if g:
-        out(f"   generations on {ev['prompts']} prompts: length ratio {g['length_ratio']}, without EOS "
+        ratio = g["length_ratio"] if g["length_ratio"] is not None else "n/a (the reference's answers are empty)"
+        out(f"   generations on {ev['prompts']} prompts: length ratio {ratio}, without EOS "
             f"{g['cap_without_eos_rate']:.0%}, loops {g['repetition_rate']:.0%}, empty {g['empty_rate']:.0%}, "
             f"KL/token {g['kl_per_token']:.3f}")
     out(f"   evaluation: {ev['summary']} ({ev['seconds']} s)")
