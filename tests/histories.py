@@ -130,11 +130,16 @@ def eval_diverging(rows=None, fall: float = 0.6):
     return rows
 
 
-def spiky(rows=None, at=(40, 60, 80), height: float = 120.0):
+def spiky(rows=None, at=(40, 60, 80), height: float = 120.0, harm: bool = False):
+    """grad_norm spikes at ``at``; with ``harm`` the loss runs 40% higher for the 8 logged points after each."""
     rows = rows or healthy()
-    for r in rows:
-        if "loss" in r and r["step"] in at:
+    train = [r for r in rows if "loss" in r]
+    for i, r in enumerate(train):
+        if r["step"] in at:
             r["grad_norm"] = height
+            if harm:
+                for later in train[i + 1:i + 9]:
+                    later["loss"] *= 1.4
     return rows
 
 

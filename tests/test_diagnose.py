@@ -39,7 +39,7 @@ CASES = [
                                                       lambda t, i, v: -1.0 - 0.8 * t),
      lambda: H.healthy(method="simpo"), "simpo"),
     ("eval_divergence", lambda: H.eval_diverging(fall=0.6), lambda: H.eval_diverging(fall=0.1), "dpo"),
-    ("grad_spike", lambda: H.spiky(at=(40, 60, 80)), lambda: H.spiky(at=(40, 60, 80), height=30), "dpo"),
+    ("grad_spike", lambda: H.spiky(at=(40, 60, 80), harm=True), lambda: H.spiky(at=(40, 60, 80), height=30), "dpo"),
     ("simpo_margin_below_target", lambda: H.simpo_short(top=0.6), lambda: H.simpo_short(top=1.8), "simpo"),
     ("degeneration", lambda: H.set_series(H.healthy(), "entropy", lambda t, i, v: 2.0 - 1.8 * t),
      lambda: H.set_series(H.healthy(), "entropy", lambda t, i, v: 2.0 - 0.6 * t), "dpo"),
@@ -89,9 +89,22 @@ def test_grad_spikes_explained_by_hard_batches_are_info():
     f = {x["id"]: x for x in diagnose(rows, config=DPO_CFG)["findings"]}["grad_spike"]
     assert f["severity"] == "info" and f["evidence"]["hard_batch_spikes"] == 3
     assert "gradient_accumulation_steps" in f["remedies"][0]["change"]
-    # The same spikes with an ordinary loss at those steps stay a warning.
-    g = {x["id"]: x for x in diagnose(H.spiky(at=(40, 60, 80)), config=DPO_CFG)["findings"]}["grad_spike"]
+    # The same spikes with an ordinary loss at those steps, followed by a worse loss, stay a warning.
+    g = {x["id"]: x for x in diagnose(H.spiky(at=(40, 60, 80), harm=True), config=DPO_CFG)["findings"]}["grad_spike"]
     assert g["severity"] == "warning" and g["evidence"]["hard_batch_spikes"] == 0
+
+
+def test_repeated_spikes_that_do_no_harm_are_info_but_extreme_ones_warn():
+    # grad_norm is the last step's value: a log written every step shows every spike, and a long healthy run
+    # (dariovajda/translation_dpo, 1581 steps, 7 spikes of 10-20x) shows a few. The loss kept falling after them.
+    report = diagnose(H.spiky(at=(40, 60, 80)), config=DPO_CFG)
+    f = {x["id"]: x for x in report["findings"]}["grad_spike"]
+    assert f["severity"] == "info" and report["healthy"] and f["evidence"]["spikes_followed_by_higher_loss"] == 0
+    assert "did no worse" in f["explanation"]
+    # One jump of three orders of magnitude is never a hard batch and never harmless.
+    boom = diagnose(H.spiky(at=(60,), height=6e4), config=DPO_CFG)
+    g = {x["id"]: x for x in boom["findings"]}["grad_spike"]
+    assert g["severity"] == "warning" and g["evidence"]["extreme_spikes"] == 1 and not boom["healthy"]
 
 
 def test_single_grad_spike_is_info_and_still_healthy():

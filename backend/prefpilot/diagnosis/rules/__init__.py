@@ -74,10 +74,16 @@ class Ctx:
 
     @property
     def peft(self) -> bool | None:
-        """True/False from the config; None when unknown (no config)."""
+        """True/False from the config; None when unknown: no config, or a partial one (``--beta``, a label's few
+        stated settings) that says nothing about adapters. Only a whole run config (it names its model) implies
+        full fine-tuning by leaving ``use_peft`` out."""
         if not self.config_given:
             return None
-        return bool(self.cfg.get("use_peft"))
+        if "use_peft" in self.cfg:
+            return bool(self.cfg["use_peft"])
+        if any(k.startswith("lora_") or k == "peft_config" for k in self.cfg):
+            return True
+        return False if self.cfg.get("model_name_or_path") else None
 
     # -- series
     def finite(self, key: str, split: str | None = None) -> tuple[list[float], list[float]]:

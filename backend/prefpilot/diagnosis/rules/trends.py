@@ -76,6 +76,8 @@ def no_learning(ctx: Ctx):
     if rc and all(v == 0.0 for v in rc):
         return None  # rewards never move: the reference is the policy (reference_tracks_policy), not a slow step
     ev = {}
+    if _slowly_learning(ctx, t, loss) or _separates(ctx):
+        return None  # a small but steady fall of the loss (and rise of accuracy) is a slow run, not a stuck one
     if len(loss) >= t["min_points"] and _flat_over_epochs(ctx, t, loss, ev):
         pass  # many passes over a small set and still at the start: no learning, whatever the margins do
     elif len(loss) >= t["min_points"]:
@@ -109,6 +111,37 @@ def no_learning(ctx: Ctx):
                    "the rewards move: the policy shifts but does not separate chosen from rejected. Check the "
                    "learning rate, that chosen differs from rejected in the data, and that the reference is not "
                    "synced to the policy every step.", remedies)
+
+
+def _thirds_shift(values: list[float]) -> tuple[float, float]:
+    """(mean of the last third − mean of the first third, that difference in standard errors). Noise moves a
+    stuck curve both ways; a learning one keeps its direction, which a long noisy log shows as a large z."""
+    k = len(values) // 3
+    if k < 1:
+        return 0.0, 0.0
+    a, b = values[:k], values[-k:]
+    d = mean(b) - mean(a)
+    se = ((pstdev(a) ** 2 + pstdev(b) ** 2) / k) ** 0.5
+    return d, (d / se if se > 0 else (float("inf") if d > 0 else float("-inf") if d < 0 else 0.0))
+
+
+def _slowly_learning(ctx: Ctx, t: dict, loss: list[float]) -> bool:
+    """The loss falls by at least ``trend_min_drop`` with a z of ``trend_z`` or more, and the accuracy (when
+    logged) does not fall: DPO at a small learning rate moves this slowly while it learns."""
+    if len(loss) < t["min_points"]:
+        return False
+    d, z = _thirds_shift(loss)
+    if -d < t["trend_min_drop"] or -z < t["trend_z"]:
+        return False
+    _, acc = ctx.post("rewards/accuracies")
+    return len(acc) < 3 or _thirds_shift(acc)[0] > 0
+
+
+def _separates(ctx: Ctx) -> bool:
+    """DPO-family accuracies are against the reference (all ties at the start): a mean past warm-up above
+    chance_accuracy's upper edge means the policy has moved the right way, whatever the loss did since."""
+    _, acc = ctx.post("rewards/accuracies")
+    return len(acc) >= 3 and ctx.method != "unknown" and mean(acc) > ctx.th("chance_accuracy")["high"]
 
 
 def _flat_over_epochs(ctx: Ctx, t: dict, loss: list[float], ev: dict) -> bool:
@@ -251,6 +284,16 @@ def degeneration(ctx: Ctx):
                    remedies)
 
 
+def _levelled(marg: list[float], ctx: Ctx, t: dict) -> bool:
+    """The margin's last points are less than ``growth_since_half`` times their half-way value."""
+    n = len(marg)
+    if n < t["min_points"]:
+        return False
+    k = ctx.edge(n)
+    half = mean(marg[n // 2 - k // 2: n // 2 - k // 2 + k])
+    return half > 0 and mean(marg[-k:]) < t["growth_since_half"] * half
+
+
 def margin_explosion(ctx: Ctx):
     t = ctx.th("margin_explosion")
     steps, marg = ctx.finite("rewards/margins")
@@ -285,8 +328,20 @@ def margin_explosion(ctx: Ctx):
         sat = [s for s, lv, a in zip(ps, loss, pacc) if lv < t["saturated_loss"] and a >= t["saturated_accuracy"]]
         if len(sat) >= t["saturated_share"] * len(loss):
             ev.update(saturated_points=len(sat), post_warmup_points=len(loss))
-            why.append(f"the loss is below {t['saturated_loss']:g} with accuracy ≥ {t['saturated_accuracy']:g} at "
-                       f"{len(sat)} of {len(loss)} points past warm-up: the training pairs are memorised")
+            _, ep = ctx.finite("epoch", "train")
+            fresh = bool(ep) and max(ep) <= t["one_epoch"] and not why and _levelled(marg, ctx, t)
+            if fresh:
+                # within the first pass each batch is new data: a saturated loss there is an easy preference the
+                # model generalises, not memorised pairs; the risk left is over-optimisation, seen in generations
+                severity = "info"
+                ev["max_epoch"] = max(ep)
+                why.append(f"the loss is below {t['saturated_loss']:g} with accuracy ≥ {t['saturated_accuracy']:g} at "
+                           f"{len(sat)} of {len(loss)} points within the first epoch, with the margin levelled off: "
+                           "pairs the model had not seen yet are ranked right, so the preference is easy for it; "
+                           "check its generations (`prefpilot eval`) for over-optimisation")
+            else:
+                why.append(f"the loss is below {t['saturated_loss']:g} with accuracy ≥ {t['saturated_accuracy']:g} at "
+                           f"{len(sat)} of {len(loss)} points past warm-up: the training pairs are memorised")
             first_step = sat[0] if first_step is None else min(first_step, sat[0])
     asteps, acc = ctx.finite("rewards/accuracies")
     if not why and len(acc) >= t["min_points"]:
@@ -441,7 +496,7 @@ def grad_spike(ctx: Ctx):
     steps, g = ctx.finite("grad_norm", "train")
     if len(g) <= t["min_history"]:
         return None
-    spikes, hard, worst = [], [], 0.0
+    spikes, hard, worst, extreme, harmful = [], [], 0.0, 0, 0
     # median ≥ min, so a value at most ratio × the smallest positive norm cannot be a spike: skip the sort
     positive = [v for v in g if v > 0]
     floor = t["ratio"] * min(positive) if positive else 0.0
@@ -456,18 +511,26 @@ def grad_spike(ctx: Ctx):
             if loss_at is None:
                 ls, lv = ctx.finite("loss", "train")
                 loss_at = {s: (j, lv) for j, s in enumerate(ls)}
+            j, lv = loss_at.get(steps[i], (None, None))
+            if v / med >= t["extreme_ratio"]:
+                # no batch of a bounded loss explains a jump of orders of magnitude: overflow or divergence
+                extreme += 1
+                spikes.append(steps[i])
+                continue
             # A batch whose own loss is far above the usual one (a hard batch once most pairs are learned: the
             # sigmoid loss and its gradient both grow with the batch's negative margin) explains its spike.
-            j, lv = loss_at.get(steps[i], (None, None))
             lmed = _running_median(lv, j, t["window"]) if j else 0.0
             if j and lmed > 0 and lv[j] >= t["batch_loss_ratio"] * lmed:
                 hard.append(steps[i])
             else:
                 spikes.append(steps[i])
+                harmful += bool(j and _loss_rises_after(lv, j, t))
     if not spikes and not hard:
         return None
     every = sorted(spikes + hard)
-    severity = "warning" if len(spikes) >= t["repeated"] else "info"
+    # grad_norm is the last step's value, not a window mean: with logging every step each spike is seen, so a
+    # count alone over-warns a long log; repeated spikes warn when the loss did worse after one of them
+    severity = "warning" if extreme or (len(spikes) >= t["repeated"] and harmful) else "info"
     remedies = [scale_lr(ctx, 0.5, "smaller steps make spikes rarer"),
                 remedy(ctx, {"warmup_steps": 0.1}, "a longer warm-up avoids early spikes")]
     mgn = ctx.cfg.get("max_grad_norm", 1.0)
@@ -476,15 +539,32 @@ def grad_spike(ctx: Ctx):
     explained = (f" {len(hard)} of them came with a batch loss at least {t['batch_loss_ratio']:g}× its running "
                  "median: hard batches among pairs the model already ranks right, not instability; a larger "
                  "batch smooths them." if hard else "")
+    if extreme:
+        explained += (f" {extreme} jumped at least {t['extreme_ratio']:g}× its median: more than any hard batch "
+                      "explains (an overflow, a corrupt batch or the start of divergence).")
+    elif spikes and not harmful:
+        explained += " The loss did no worse after any of them."
     if hard and not spikes:
         remedies = [remedy(ctx, {"gradient_accumulation_steps": 4}, "average more pairs per update")]
     return finding(ctx, "grad_spike", [every[0], every[-1]],
-                   {"spikes": len(every), "hard_batch_spikes": len(hard), "worst_ratio_to_median": worst,
+                   {"spikes": len(every), "hard_batch_spikes": len(hard), "extreme_spikes": extreme,
+                    "spikes_followed_by_higher_loss": harmful, "worst_ratio_to_median": worst,
                     "spike_steps": every[:10]},
                    f"grad_norm jumped above {t['ratio']:g}× its running median {len(every)} time(s) (worst "
                    f"{worst:.1f}×).{explained} Isolated spikes are survivable with clipping; repeated ones without "
                    "a hard batch to explain them precede divergence.",
                    remedies, severity=severity)
+
+
+def _loss_rises_after(lv: list[float], j: int, t: dict) -> bool:
+    """Is the mean loss of the ``window``/2 points after index ``j`` above the median of the ``window`` before by
+    more than ``harm_share``? (A spike that did no harm leaves the curve on its way.)"""
+    w = t["window"]
+    before, after = lv[max(0, j - w):j], lv[j + 1:j + 1 + w // 2]
+    if len(before) < 3 or len(after) < 3:
+        return True  # too close to an edge to tell: count it as harmful
+    b = median(before)
+    return mean(after) > b + t["harm_share"] * abs(b)
 
 
 def lr_too_high(ctx: Ctx):
