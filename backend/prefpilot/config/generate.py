@@ -54,6 +54,23 @@ PREFPILOT_FIELDS = {
                                     "for `prefpilot eval` (never trained on; kept in eval/holdout.jsonl): a share "
                                     "below 1, a count, false for none, or auto (5%, at most 64, for 200 pairs or "
                                     "more)"},
+    "eval": {
+        "type": "object", "additionalProperties": False, "required": ["every_steps"],
+        "description": "prefpilot: evaluation during training: every `every_steps` optimizer steps, the model's "
+                       "held-out preference accuracy and generation checks (as `prefpilot eval` computes them) are "
+                       "logged to metrics.jsonl as heldout/* metrics, judged by the live diagnosis and its stop_on; "
+                       "one process only (skipped, with a note, under multi-process training)",
+        "properties": {
+            "every_steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS,
+                            "description": "optimizer steps between evaluations"},
+            "pairs": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 32,
+                      "description": "held-out pairs scored each time (from the test split, or the eval_holdout slice)"},
+            "prompts": {"type": "integer", "minimum": 0, "maximum": 256, "default": 4,
+                        "description": "held-out prompts completed greedily each time (0: no generation checks)"},
+            "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 48,
+                               "description": "the cap of each greedy completion"},
+        },
+    },
     "max_wall_time": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS, "x-code": "range",
                       "x-message": f"max_wall_time must be a number of seconds > 0 and at most {MAX_SECONDS}",
                       "description": "prefpilot: a lease in seconds of training: once spent, the run saves a checkpoint "

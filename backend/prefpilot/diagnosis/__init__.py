@@ -316,12 +316,30 @@ def diagnose_source(source, *, is_path: bool, method=None, config=None, beta=Non
     report = diagnose(hist, method=method, config=config, beta=beta, gamma=gamma)
     if is_path:
         report = with_evaluation(report, Path(source), roots)
+        if "evaluation" not in report:  # no `prefpilot eval` yet: what the evaluations during training found
+            report = _with_live_evaluation(report, Path(source), config, roots)
     if plot is not None:
         from .plot import plot as draw
         written = draw(hist, report, plot)
         if written is not None:
             report["plot"] = str(written)
     return report
+
+
+def _with_live_evaluation(report: dict, source: Path, config, roots) -> dict:
+    from .. import rundir
+    from ..evaluation.live import with_live_findings
+    from .parse import _refusal
+    d = source if source.is_dir() else source.parent
+    f = d / "metrics.jsonl"
+    if not f.is_file() or _refusal(f, [Path(r).resolve() for r in roots] if roots is not None else None):
+        return report
+    try:
+        rows = rundir.read_metrics(d)
+    except (OSError, ValueError):
+        return report
+    cfg = usable_config(config)[0] or {}
+    return with_live_findings(report, rows, {**cfg, "method": cfg.get("method", report["method"])})
 
 
 def with_evaluation(report: dict, source: Path, roots=None) -> dict:

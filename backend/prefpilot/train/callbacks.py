@@ -95,14 +95,29 @@ class RunRecorder(TrainerCallback):
             self.last_diagnosis = now
             self._diagnose(state, control)
 
+    def record(self, row: dict, state, control) -> None:
+        """A row computed outside TRL's logging (the heldout/* metrics of evaluation during training): written like
+        a logged row and diagnosed at once, so stop_on can act on what the evaluation found."""
+        if not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+               "wall_time": round(time.time() - self.t0, 3), **row}
+        rundir.append_metrics(self.run_dir, row)
+        self.rows.append(row)
+        if self.stopped_by is None:
+            self.last_diagnosis = time.time()
+            self._diagnose(state, control)
+
     def _diagnose(self, state, control) -> None:
         from ..diagnosis import catalogue, diagnose
+        from ..evaluation.live import with_live_findings
         try:
-            report = diagnose(list(self.rows), config=self.config)
+            report = with_live_findings(diagnose(list(self.rows), config=self.config), self.rows, self.config)
         except Exception as exc:  # the diagnosis must never take the training down
             rundir.update_status(self.run_dir, diagnosis_error=f"{type(exc).__name__}: {exc}")
             return
         kinds = {fid: f["kind"] for fid, f in catalogue()["findings"].items()}
+        kinds.update({fid: "evaluation" for fid in catalogue().get("evaluation", {})})
         current = [{"id": f["id"], "severity": f["severity"], "steps": f["steps"],
                     "explanation": f["explanation"][:300]} for f in report["findings"]]
         fields = {"findings": current, "verdict": report["verdict"]}

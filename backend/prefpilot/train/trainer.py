@@ -243,6 +243,12 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     recorder = RunRecorder(run_dir, config=cfg)
     if ck is not None:
         recorder.rows = rundir.read_metrics(run_dir)  # the live diagnosis judges the whole run, not the tail
+    from ..evaluation import live
+    if live.settings(cfg):  # evaluation during training: the test split, else the pairs set aside at launch
+        from .data import read_rows
+        held = run_dir / "eval" / "holdout.jsonl"
+        rows = eval_rows or (read_rows(str(held)) if held.is_file() else [])
+        extra_callbacks = [*extra_callbacks, live.LiveEval(run_dir, rows, tok, cfg, recorder.record)]
 
     if cfg["method"] == "dpo":
         from trl import DPOConfig, DPOTrainer
