@@ -135,6 +135,28 @@ def test_eval_cli_reports_what_an_independent_computation_gives(tiny_run):
 
 
 @pytest.mark.slow
+def test_the_reference_side_is_scored_once_per_reference_and_pairs(tiny_run, tmp_path, monkeypatch):
+    """A sweep's runs share their reference and held-out pairs: the second evaluation reads the reference's scores
+    and completions from the cache, with the same numbers; a changed reference file is a new entry."""
+    from prefpilot.evaluation.run import evaluate
+    _, run_dir, model_dir = tiny_run
+    monkeypatch.setenv("PREFPILOT_CACHE", str(tmp_path / "cache"))
+    said = []
+    first = evaluate(run_dir, prompts=2, progress=lambda d, t, what: said.append(what))
+    assert "reference scored" in said and len(list((tmp_path / "cache" / "eval-reference").iterdir())) == 1
+    said.clear()
+    again = evaluate(run_dir, prompts=2, progress=lambda d, t, what: said.append(what))
+    assert "reference scored (cached)" in said and "reference generated (cached)" in said
+    assert again["preference_accuracy"] == first["preference_accuracy"] and again["before"] == first["before"]
+    assert again["generation"]["reference"] == first["generation"]["reference"]
+    cfg = model_dir / "config.json"
+    os.utime(cfg, ns=(cfg.stat().st_atime_ns, cfg.stat().st_mtime_ns + 10**9))  # the reference changed on disk
+    said.clear()
+    evaluate(run_dir, prompts=2, progress=lambda d, t, what: said.append(what))
+    assert "reference scored" in said and len(list((tmp_path / "cache" / "eval-reference").iterdir())) == 2
+
+
+@pytest.mark.slow
 def test_evaluate_run_over_mcp_returns_the_same_report(tiny_run):
     ws, run_dir, _ = tiny_run
     with session(ws) as (portal, client):

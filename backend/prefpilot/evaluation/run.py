@@ -120,9 +120,50 @@ def _best(rows: list[dict], key: str) -> dict | None:
                       + (" among those whose generations pass the checks" if guarded else "")}
 
 
+def _reference_cache(ref_path, tokenized: list[dict], prompt_ids: list, max_length, max_new_tokens) -> Path | None:
+    """Where the reference's scores and greedy completions for exactly these token ids are kept, or None.
+
+    The key is the token ids themselves (so tokenizer, chat template and truncation are in it), the caps, and the
+    reference's files (path, size and modification time of each weight and config file): a retrained or replaced
+    reference never reads an old entry. Runs of a sweep (same base model, same held-out pairs) then score the
+    reference once."""
+    import hashlib
+    from ..train.models import cache_dir
+    ref = Path(ref_path)
+    if not ref.is_dir():
+        return None
+    h = hashlib.sha256(json.dumps([tokenized, prompt_ids, max_length, max_new_tokens]).encode())
+    for f in sorted(ref.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return cache_dir() / "eval-reference" / f"{h.hexdigest()[:32]}.json"
+
+
+def _read_cache(path: Path | None) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("logps"), dict) and isinstance(data.get("samples"), list)
+    return data if ok else None
+
+
+def _write_cache(path: Path | None, data: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_json_atomic(path, data)
+    except OSError:
+        pass  # a read-only cache costs the next evaluation time, never this one its result
+
+
 def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPTS, checkpoints: str = "last",
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_pairs: int = DEFAULT_MAX_PAIRS,
-             progress=None) -> dict:
+             progress=None, reference_cache: bool = True) -> dict:
     """Evaluate the run in ``run_dir``; returns (and writes to eval/report.json) the report.
 
     ``progress(done, total, what)`` is called as models are scored (the background job writes it to
@@ -159,13 +200,20 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     max_length = cfg.get("max_length") or 1024
     tokenized = engine.tokenize_pairs(rows, tok, max_length)
     pad = tok.pad_token_id
-    reference = engine.load_model(ref_path)
-    ref_logps = engine.pair_logps(reference, tokenized, pad, max_length)
-    before = preference_summary(ref_logps, ref_logps, beta)
-    tick("reference scored")
     prompt_ids = [p["prompt_ids"] for p in tokenized[:prompts]]
-    ref_gen = engine.generate(reference, tok, prompt_ids, max_new_tokens) if prompt_ids else []
-    tick("reference generated")
+    reference = engine.load_model(ref_path)
+    cache = _reference_cache(ref_path, tokenized, prompt_ids, max_length, max_new_tokens) if reference_cache else None
+    cached = _read_cache(cache)
+    if cached:  # the same reference on the same token ids: a sweep's runs share it
+        ref_logps, ref_gen = cached["logps"], cached["samples"]
+    else:
+        ref_logps = engine.pair_logps(reference, tokenized, pad, max_length)
+    before = preference_summary(ref_logps, ref_logps, beta)
+    tick("reference scored" + (" (cached)" if cached else ""))
+    if not cached:
+        ref_gen = engine.generate(reference, tok, prompt_ids, max_new_tokens) if prompt_ids else []
+        _write_cache(cache, {"logps": ref_logps, "samples": ref_gen})
+    tick("reference generated" + (" (cached)" if cached else ""))
 
     per_model, samples = [], []
     for path in found:
