@@ -220,3 +220,53 @@ def test_a_run_taught_to_repeat_has_healthy_curves_and_is_caught_by_the_evaluati
     both = json.loads(subprocess.run([*CLI, "diagnose", str(tmp_path / "run"), "--json"], capture_output=True,
                                      text=True, timeout=120, env=ENV).stdout)
     assert both["verdict"] == "problems" and both["summary"].startswith("healthy curves, unhealthy model")
+
+
+# ------------------------------------------------------------------ the optional vLLM engine
+def test_vllm_engine_is_chosen_only_where_it_runs_and_maps_its_outputs(tmp_path, monkeypatch):
+    """vLLM needs a GPU, which this machine lacks: a stand-in module records what prefpilot asks of it (greedy,
+    the cap, the prompt token ids) and answers as vLLM's RequestOutput does; the mapping to samples is real."""
+    import types
+    import torch
+    from prefpilot.errors import PrefpilotError
+    from prefpilot.evaluation import engine
+    full = tmp_path / "full"
+    full.mkdir()
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}")
+    # without vllm installed: auto is transformers, an explicit vllm is a one-line error saying why
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else object())
+    assert engine.pick_engine("auto", full) == "transformers"
+    with pytest.raises(PrefpilotError, match="vllm is not installed"):
+        engine.pick_engine("vllm", full)
+    asked = {}
+
+    class Params:
+        def __init__(self, **kw):
+            asked["params"] = kw
+
+    class Out:
+        def __init__(self, ids, reason):
+            self.outputs = [types.SimpleNamespace(token_ids=ids, finish_reason=reason)]
+
+    class LLM:
+        def __init__(self, **kw):
+            asked["llm"] = kw
+
+        def generate(self, prompts, params, use_tqdm=True):
+            asked["prompts"] = prompts
+            return [Out([5, 6, 2], "stop"), Out([7, 7, 7, 7], "length")]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=Params))
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    assert engine.pick_engine("auto", full) == "vllm" and engine.pick_engine("auto", lora) == "transformers"
+    tok = types.SimpleNamespace(eos_token_id=2, decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)))
+    got = engine.generate_vllm(full, tok, [[1, 3], [1, 4, 4]], max_new_tokens=4)
+    assert asked["params"] == {"temperature": 0.0, "max_tokens": 4}
+    assert asked["prompts"] == [{"prompt_token_ids": [1, 3]}, {"prompt_token_ids": [1, 4, 4]}]
+    assert asked["llm"]["model"] == str(full)
+    assert got == [{"tokens": [5, 6], "eos": True, "text": "5 6"}, {"tokens": [7, 7, 7, 7], "eos": False, "text": "7 7 7 7"}]
+    assert generation_summary(got, 4)["cap_without_eos_rate"] == 0.5

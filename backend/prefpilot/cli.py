@@ -430,7 +430,8 @@ def cmd_eval(args) -> int:
             print(f"\r  {done}/{total} {what:40}", end="", file=sys.stderr, flush=True)
     try:
         report = evaluate(target, pairs=args.pairs, prompts=args.prompts, checkpoints=args.checkpoints,
-                          max_new_tokens=args.max_new_tokens, max_pairs=args.max_pairs, progress=progress)
+                          max_new_tokens=args.max_new_tokens, max_pairs=args.max_pairs, progress=progress,
+                          engine=args.engine)
     except PrefpilotError as exc:
         print(f"prefpilot eval: {exc}", file=sys.stderr)
         return 2
@@ -667,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the generation cap (default 48)")
     p.add_argument("--max-pairs", type=_ranged(int, 1, 100000, "a whole number"), default=64,
                    help="held-out pairs to score at most (default 64)")
+    p.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto",
+                   help="who generates the completions: auto (vLLM when installed and a GPU is visible, else "
+                        "transformers), transformers, or vllm; scoring always uses transformers")
     p.add_argument("--root", help="runs root, for a run id (default $PREFPILOT_RUNS or ./runs)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 

@@ -516,6 +516,8 @@ def build_server(ws: Workspace) -> MCPServer:
                                "held-out prompts to generate from (trained model and reference)"))] = 8,
                            checkpoints: Literal["last", "all"] = "last",
                            max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48,
+                           engine: Annotated[Literal["auto", "transformers", "vllm"], Field(description=(
+                               "who generates: vLLM when installed with a GPU (auto), or transformers"))] = "auto",
                            timeout_s: Annotated[float, Field(ge=1, le=50, description=(
                                "longest wait in seconds; call again to keep waiting"))] = 30.0) -> Evaluation:
         """Judge a run's trained model, not its curves: held-out preference accuracy against the reference
@@ -530,7 +532,8 @@ def build_server(ws: Workspace) -> MCPServer:
         d = runs.run_path(run_id, ws.runs_root)
         if pairs is not None and not pairs.startswith("builtin:"):
             pairs = str(ws.confine(pairs, "pairs"))
-        options = {"pairs": pairs, "prompts": prompts, "checkpoints": checkpoints, "max_new_tokens": max_new_tokens}
+        options = {"pairs": pairs, "prompts": prompts, "checkpoints": checkpoints, "max_new_tokens": max_new_tokens,
+                   "engine": engine}
         done = await anyio.to_thread.run_sync(background.report_if_current, d, options)
         if done is not None:
             return _json_safe({**done, "state": "completed", "note": "the evaluation of the current model"})

@@ -6,6 +6,7 @@ token ids diverge), so a held-out accuracy here means what TRL's rewards/accurac
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,11 +100,49 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_si
     return out
 
 
+ENGINES = ("auto", "transformers", "vllm")
+
+
+def pick_engine(engine: str, model_dir) -> str:
+    """``auto``: vLLM when it is installed, a GPU is present and the model is a full checkpoint (a LoRA adapter
+    stays with transformers); else transformers. ``vllm`` asked for where it cannot run is the caller's error."""
+    from ..errors import PrefpilotError
+    full = not (Path(model_dir) / "adapter_config.json").is_file()
+    usable = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() and full
+    if engine == "vllm" and not usable:
+        why = ("vllm is not installed (pip install vllm)" if importlib.util.find_spec("vllm") is None else
+               "no GPU is visible" if not torch.cuda.is_available() else f"{model_dir} is a LoRA adapter")
+        raise PrefpilotError(f"engine vllm: {why}; use --engine transformers (or auto)", code="usage")
+    return "vllm" if engine == "vllm" or (engine == "auto" and usable) else "transformers"
+
+
+def generate_vllm(model_dir, tok, prompts: list[list[int]], max_new_tokens: int) -> list[dict]:
+    """Greedy completions by vLLM (GPU; optional extra), in the same shape as ``generate``: the engine loads the
+    saved folder itself, so the result is the saved model's, with the same token ids in."""
+    from vllm import LLM, SamplingParams
+    llm = LLM(model=str(model_dir), tokenizer=str(model_dir), seed=0, gpu_memory_utilization=0.4)
+    try:
+        outs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts],
+                            SamplingParams(temperature=0.0, max_tokens=max_new_tokens), use_tqdm=False)
+    finally:
+        del llm  # its KV cache holds GPU memory the scoring passes need
+        torch.cuda.empty_cache()
+    eos, res = tok.eos_token_id, []
+    for o in outs:
+        ids = list(o.outputs[0].token_ids)
+        hit = o.outputs[0].finish_reason == "stop" or eos in ids
+        toks = ids[:ids.index(eos)] if eos in ids else ids
+        res.append({"tokens": toks, "eos": hit, "text": tok.decode(toks, skip_special_tokens=True)})
+    return res
+
+
 def generation_checks(policy, reference, tok, prompts: list[list[int]], max_new_tokens: int,
-                      max_length: int | None, reference_samples: list[dict] | None = None) -> tuple[dict, list[dict]]:
+                      max_length: int | None, reference_samples: list[dict] | None = None,
+                      policy_samples: list[dict] | None = None) -> tuple[dict, list[dict]]:
     """Policy and reference completions side by side, their rates, and the KL estimate on the policy's outputs
-    (``reference_samples``: the reference's completions when already generated, for several checkpoints)."""
-    pol = generate(policy, tok, prompts, max_new_tokens)
+    (``reference_samples``/``policy_samples``: completions already generated, by vLLM or for several
+    checkpoints)."""
+    pol = policy_samples if policy_samples is not None else generate(policy, tok, prompts, max_new_tokens)
     ref = reference_samples if reference_samples is not None else generate(reference, tok, prompts, max_new_tokens)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     seqs = [(p, s["tokens"]) for p, s in zip(prompts, pol) if s["tokens"]]

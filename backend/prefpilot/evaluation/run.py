@@ -120,7 +120,8 @@ def _best(rows: list[dict], key: str) -> dict | None:
                       + (" among those whose generations pass the checks" if guarded else "")}
 
 
-def _reference_cache(ref_path, tokenized: list[dict], prompt_ids: list, max_length, max_new_tokens) -> Path | None:
+def _reference_cache(ref_path, tokenized: list[dict], prompt_ids: list, max_length, max_new_tokens,
+                     gen_engine: str = "transformers") -> Path | None:
     """Where the reference's scores and greedy completions for exactly these token ids are kept, or None.
 
     The key is the token ids themselves (so tokenizer, chat template and truncation are in it), the caps, and the
@@ -132,7 +133,7 @@ def _reference_cache(ref_path, tokenized: list[dict], prompt_ids: list, max_leng
     ref = Path(ref_path)
     if not ref.is_dir():
         return None
-    h = hashlib.sha256(json.dumps([tokenized, prompt_ids, max_length, max_new_tokens]).encode())
+    h = hashlib.sha256(json.dumps([tokenized, prompt_ids, max_length, max_new_tokens, gen_engine]).encode())
     for f in sorted(ref.iterdir()):
         if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
             st = f.stat()
@@ -163,11 +164,13 @@ def _write_cache(path: Path | None, data: dict) -> None:
 
 def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPTS, checkpoints: str = "last",
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_pairs: int = DEFAULT_MAX_PAIRS,
-             progress=None, reference_cache: bool = True) -> dict:
+             progress=None, reference_cache: bool = True, engine: str = "auto") -> dict:
     """Evaluate the run in ``run_dir``; returns (and writes to eval/report.json) the report.
 
     ``progress(done, total, what)`` is called as models are scored (the background job writes it to
-    eval/status.json; the CLI prints it)."""
+    eval/status.json; the CLI prints it). ``engine``: who generates (auto: vLLM when installed with a GPU, else
+    transformers); scoring is always transformers, so accuracies never depend on it."""
+    engine_name = engine
     t0 = time.time()
     run_dir = Path(run_dir)
     cfg = _config(run_dir)
@@ -202,7 +205,9 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     pad = tok.pad_token_id
     prompt_ids = [p["prompt_ids"] for p in tokenized[:prompts]]
     reference = engine.load_model(ref_path)
-    cache = _reference_cache(ref_path, tokenized, prompt_ids, max_length, max_new_tokens) if reference_cache else None
+    gen_engine = engine.pick_engine(engine_name, ref_path)
+    cache = (_reference_cache(ref_path, tokenized, prompt_ids, max_length, max_new_tokens, gen_engine)
+             if reference_cache else None)
     cached = _read_cache(cache)
     if cached:  # the same reference on the same token ids: a sweep's runs share it
         ref_logps, ref_gen = cached["logps"], cached["samples"]
@@ -210,8 +215,15 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
         ref_logps = engine.pair_logps(reference, tokenized, pad, max_length)
     before = preference_summary(ref_logps, ref_logps, beta)
     tick("reference scored" + (" (cached)" if cached else ""))
+    def complete(model, folder):
+        if not prompt_ids:
+            return []
+        if gen_engine == "vllm" and engine.pick_engine("auto", folder) == "vllm":
+            return engine.generate_vllm(folder, tok, prompt_ids, max_new_tokens)
+        return engine.generate(model, tok, prompt_ids, max_new_tokens)
+
     if not cached:
-        ref_gen = engine.generate(reference, tok, prompt_ids, max_new_tokens) if prompt_ids else []
+        ref_gen = complete(reference, ref_path)
         _write_cache(cache, {"logps": ref_logps, "samples": ref_gen})
     tick("reference generated" + (" (cached)" if cached else ""))
 
@@ -223,7 +235,8 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
         gen, samples = ({}, [])
         if prompt_ids:
             gen, samples = engine.generation_checks(policy, reference, tok, prompt_ids, max_new_tokens, max_length,
-                                                    reference_samples=ref_gen)
+                                                    reference_samples=ref_gen,
+                                                    policy_samples=complete(policy, path))
         tick(f"{path.name} generated")
         step = _step(path) if path.name != "final" else rundir.read_status(run_dir).get("step")
         row = {"name": path.name, "path": str(path), "step": step,
@@ -243,7 +256,7 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     best = _best(per_model, key) if len(per_model) > 1 else None
     report = {"run_id": run_dir.name, "run_dir": str(run_dir), "method": method, "model": last["name"],
               "pairs": before["pairs"], "pairs_source": source, "prompts": len(prompt_ids),
-              "max_new_tokens": max_new_tokens,
+              "max_new_tokens": max_new_tokens, "generation_engine": gen_engine,
               "preference_accuracy": last["preference_accuracy"], "margins": last["margins"],
               "before": {k: v["accuracy"] for k, v in before.items() if isinstance(v, dict) and "accuracy" in v},
               "generation": last["_gen"],
