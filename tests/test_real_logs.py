@@ -37,12 +37,12 @@ def test_real_log_label(label):
         assert check(label, report) == [], report["summary"]
 
 
-# Measured once the rules were done (bench/real_logs.py --all): 17 of the first 24 held-out labels held (71%),
-# short of the 90% goal; the README says so. Two W&B run summaries added later were refused at first (a reader
-# bug they found: train_runtime beside the metrics marked the row as transformers' end summary), so that batch
-# scored 17/26 blind and 19/26 (73%) with the reader fixed. This guards the rate against regressions; raising it
-# needs new rules judged on the tuned split and then a fresh held-out batch, not fixes aimed at these files.
-HELDOUT_FLOOR = 19 / 26
+# Measured once, blind, after the rules were done (bench/real_logs.py --all): the second held-out batch (38 public
+# logs found and labelled on 2026-12-07 by sessions that never ran prefpilot on them) scored 30/38 (79%), short of
+# the 90% goal; the README lists the 8 misses. (The first batch, 19/26, was spent: merged into the tuned split in
+# commit 2da1101.) This guards the rate against regressions; raising it needs new rules judged on the tuned split
+# and then a fresh held-out batch, not fixes aimed at these files.
+HELDOUT_FLOOR = 30 / 38
 
 
 def test_held_out_split_holds_at_its_reported_rate():
@@ -62,7 +62,9 @@ def test_held_out_split_holds_at_its_reported_rate():
 
 
 def test_no_notebook_or_card_with_a_table_is_refused():
-    for folder, labels in ((HERE, LABELS), (HELDOUT_DIR, HELDOUT)):
+    """The tuned split only: a held-out file the reader refuses is a miss counted in the held-out rate (two
+    cards/READMEs of the second batch are), fixed only with a reader change judged on tuned files."""
+    for folder, labels in ((HERE, LABELS),):
         for label in labels:
             if label["file"].endswith((".ipynb", ".md")):
                 assert cli(["diagnose", str(folder / label["file"])]) in (0, 3, 4), label["file"]
