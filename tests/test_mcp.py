@@ -74,7 +74,7 @@ def test_tools_resources_prompts_are_listed_with_schemas_and_annotations(ws):
         tools = {t.name: t for t in portal.call(client.list_tools).tools}
         assert set(tools) == {"list_skills", "read_skill", "validate_config", "plan_run", "launch_run", "run_status",
                               "list_runs", "cancel_run", "resume_run", "wait_run", "run_logs", "diagnose_run", "evaluate_run",
-                              "explain_loss"}
+                              "explain_loss", "check_dataset", "convert_dataset"}
         for name, t in tools.items():
             assert t.description and len(t.description) > 40, name
             assert t.output_schema, f"{name} has no output schema"

@@ -56,13 +56,17 @@ def test_bad_method():
 def test_plan_counts_the_pairs_it_is_given(tmp_path):
     from prefpilot.plan import plan
     p = plan(dataset_path="builtin:tone-prefs")  # 192 pairs: a batch of 128 would be 1 step per epoch
-    assert any("counted 192 pairs" in r for r in p["rationale"])
+    assert any("counted 192 usable pairs in builtin:tone-prefs (standard layout)" in r for r in p["rationale"])
     total = p["config"]["per_device_train_batch_size"] * p["config"]["gradient_accumulation_steps"]
     assert 192 // total >= 20
     tiny = tmp_path / "few.jsonl"
     tiny.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 30)
     p = plan(dataset_path=str(tiny))
-    assert any("counted 30 pairs" in r for r in p["rationale"]) and any("warning" in r for r in p["rationale"])
+    assert any("counted 30 usable pairs" in r for r in p["rationale"]) and any("warning" in r for r in p["rationale"])
+    # rows TRL cannot use are not pairs to plan the batch for
+    tiny.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 30 + '{"prompt": "p", "chosen": "", "rejected": "b"}\n')
+    p = plan(dataset_path=str(tiny), dataset_size=None)
+    assert any("counted 30 usable pairs" in r and "1 of 31 rows unusable" in r for r in p["rationale"])
 
 
 # The split sizes a hub dataset leaves on a machine that has loaded it, in the formats the hub and `datasets` write

@@ -441,6 +441,67 @@ def cmd_eval(args) -> int:
     return 0 if report["verdict"] == "healthy" else 3
 
 
+def format_data_report(r: dict) -> str:
+    lines = [r["summary"]]
+    if r.get("layouts_seen") and len(r["layouts_seen"]) > 1:
+        lines.append("  layouts seen in the first rows: " + ", ".join(f"{k} {v}" for k, v in r["layouts_seen"].items()))
+    ln = r.get("length")
+    if ln:
+        lines.append(f"  length: chosen longer in {ln['chosen_longer_share']:.0%} of {ln['pairs']} pairs, mean ratio "
+                     f"chosen/rejected {ln['mean_length_ratio']:.2f} ({ln['unit']})")
+    if r.get("tokens"):
+        t = r["tokens"]
+        lines.append(f"  tokens ({t['model']}, max_length {t['max_length']}): median chosen "
+                     f"{t.get('chosen_tokens_median', '?')}, rejected {t.get('rejected_tokens_median', '?')}")
+    sc = r.get("score")
+    if sc:
+        lines.append(f"  reference already prefers chosen: {sc['already_preferred']['summed']:.0%} summed, "
+                     f"{sc['already_preferred']['per_token']:.0%} per token ({sc['pairs']} pairs, {sc['seconds']} s)")
+        lines.append(f"  {sc['training_reuse']}")
+        if sc.get("histogram"):
+            lines.append(f"  histogram: {sc['histogram']}")
+    for f in r["findings"]:
+        lines.append(f"\n[{f['severity']}] {f['id']}\n  {f['explanation']}\n  remedy: {f['remedy']}")
+    return "\n".join(lines)
+
+
+def cmd_data(args) -> int:
+    from . import datacheck
+    if args.data_cmd == "convert":
+        rep = datacheck.convert_data(args.data, args.out, mapping=args.map, overwrite=args.force)
+        _print(rep, args.json, lambda r: (f"wrote {r['rows']} rows to {r['out']} ({r['from']} -> {r['to']}: "
+                                          f"{r['mapped']})" + (f"; skipped {r['skipped']} rows that do not fit: "
+                                          + "; ".join(f"row {x['row']}: {x['problem']}" for x in r['skipped_rows'])
+                                          if r["skipped"] else "")))
+        return 0
+    config = None
+    if args.config:
+        from .config import load_config
+        config = load_config(args.config)
+
+    def progress(done, total, what):
+        # a terminal gets one updating line; a log file (stderr redirected) one line per chunk of rows
+        tty = sys.stderr.isatty()
+        if tty and args.json:
+            return
+        print(f"{chr(13) if tty else ''}  {done}{'/' + str(total) if total else ''} {what:30}", end="" if tty else "\n",
+              file=sys.stderr, flush=True)
+    data = args.data or (config or {}).get("dataset_path")
+    if not data:
+        print("prefpilot data check: give DATA, or --config with a dataset_path", file=sys.stderr)
+        return 2
+    out_dir = None
+    if args.score:
+        out_dir = os.path.abspath(args.plot_dir or ".")
+    rep = datacheck.check_data(data, config=config, model=args.model, max_length=args.max_length, score=args.score,
+                               mapping=args.map, max_rows=args.max_rows, progress=progress,
+                               out_dir=None if out_dir is None else __import__("pathlib").Path(out_dir))
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)
+    _print(rep, args.json, format_data_report)
+    return 0 if rep["verdict"] == "clean" else 3
+
+
 def cmd_export(args) -> int:
     import yaml
     from .config import load_config
@@ -650,6 +711,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-model", action="store_true",
                    help="keep the trained model (~0.5 GB) in the run dir; by default it is removed after evaluation")
 
+    p = sub.add_parser("data", help="judge preference data before training: layout, row problems, the reference's "
+                                    "view (check); TRL-ready rows from other layouts (convert)")
+    ds = p.add_subparsers(dest="data_cmd", required=True)
+    g = ds.add_parser("check", help="layout, row findings, token checks with a model, reference scores with --score; "
+                                    "exit 0 clean, 3 problems")
+    g.add_argument("data", nargs="?", help="a .jsonl/.json/.csv/.parquet file, builtin:<name>, or a hub id in the "
+                                           "local datasets cache (default: the config's dataset_path)")
+    g.add_argument("--config", help="a run config: its model, max_length and batch plan are used")
+    g.add_argument("--model", help="tokenize (and with --score, score) with this model (default: the config's)")
+    g.add_argument("--max-length", type=_ranged(int, 8, limits.MAX_TOKENS, "a whole number"),
+                   help="tokens per sequence (default: the config's max_length, else TRL's 1024)")
+    g.add_argument("--score", action="store_true", help="score every pair with the reference model (needs a model; "
+                                                         "caches log-probs that training reuses)")
+    g.add_argument("--map", help="column mapping for other layouts, e.g. prompt=question,chosen=good,rejected=bad")
+    g.add_argument("--max-rows", type=_ranged(int, 1, limits.MAX_PAIRS, "a whole number"), default=1000,
+                   help="rows tokenized and scored at most (default 1000; the row checks read every row)")
+    g.add_argument("--plot-dir", help="where --score writes reference-margins.png (default: current directory)")
+    g.add_argument("--json", action="store_true", help=JSON_HELP)
+    g = ds.add_parser("convert", help="write TRL-ready JSONL from ShareGPT/LLaMA-Factory, UltraFeedback, HH-RLHF, "
+                                      "alpaca or KTO-messages rows (or any columns with --map)")
+    g.add_argument("data", help="the input file (or builtin:<name>, or a cached hub id)")
+    g.add_argument("--out", required=True, help="the JSONL file to write")
+    g.add_argument("--map", help="column mapping, e.g. prompt=question,chosen=good,rejected=bad")
+    g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    g.add_argument("--json", action="store_true", help=JSON_HELP)
+
     p = sub.add_parser("export", help="write the pure TRL config (no prefpilot keys) for `trl dpo --config`")
     p.add_argument("config", help="a prefpilot run config (YAML or JSON)")
     p.add_argument("--trl", action="store_true", default=True, help="TRL's format (the only one; the default)")
@@ -741,7 +828,7 @@ def main(argv=None) -> int:
     try:
         return {"skills": cmd_skills, "validate": cmd_validate, "plan": cmd_plan, "schemas": cmd_schemas,
                 "train": cmd_train, "models": cmd_models, "runs": cmd_runs, "diagnose": cmd_diagnose,
-                "explain": cmd_explain, "eval": cmd_eval, "export": cmd_export, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
+                "explain": cmd_explain, "eval": cmd_eval, "data": cmd_data, "export": cmd_export, "mcp": cmd_mcp, "demo": cmd_demo}[args.cmd](args)
     except PrefpilotError as exc:
         print(f"prefpilot: error: {_one_line(exc)}", file=sys.stderr)
         return 1

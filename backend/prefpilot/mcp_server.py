@@ -63,6 +63,44 @@ class ValidationReport(TypedDict, total=False):
     notes: list[str]
 
 
+class DataFinding(TypedDict, total=False):
+    id: str
+    severity: str
+    rows: list[int]
+    count: int
+    explanation: str
+    remedy: str
+    mapping: dict[str, str] | None
+
+
+class DataReport(TypedDict, total=False):
+    data: str
+    format: str
+    trl_format: str | None
+    layouts_seen: dict[str, int]
+    rows: int
+    usable_pairs: int
+    columns: list[str]
+    mapping: dict[str, str] | None
+    findings: list[DataFinding]
+    length: dict[str, Any] | None
+    tokens: dict[str, Any]
+    score: dict[str, Any]
+    verdict: str
+    summary: str
+
+
+class ConvertResult(TypedDict, total=False):
+    data: str
+    out: str
+    to: str
+    rows: int
+    skipped: int
+    skipped_rows: list[dict[str, Any]]
+    mapping: dict[str, str] | None
+    mapped: str
+
+
 class PlanResult(TypedDict):
     config: dict[str, Any]
     rationale: list[str]
@@ -589,6 +627,56 @@ def build_server(ws: Workspace) -> MCPServer:
             content.append(ImageContent(type="image", mime_type="image/png",
                                         data=base64.b64encode(png.getvalue()).decode()))
         return CallToolResult(content=content, structured_content=report)
+
+    # -- data
+    @mcp.tool(title="Check a preference dataset", annotations=READ_ONLY)
+    @tool_errors_async
+    async def check_dataset(data: Annotated[str, Field(description=(
+                                "a .jsonl/.json/.csv/.parquet file in the workspace, builtin:<name>, or a hub id "
+                                "in the local datasets cache"))],
+                            config: dict[str, Any] | None = None, yaml: str | None = None,
+                            model: str | None = None,
+                            max_length: Annotated[int | None, Field(ge=8, le=limits.MAX_TOKENS)] = None,
+                            score: bool = False,
+                            mapping: Annotated[dict[str, str] | None, Field(description=(
+                                "TRL column -> this file's column, e.g. {\"prompt\": \"question\"}"))] = None,
+                            max_rows: Annotated[int, Field(ge=1, le=100_000, description=(
+                                "rows tokenized and scored at most (the row checks read every row)"))] = 1000
+                            ) -> DataReport:
+        """Judge preference data before training: its layout (standard, conversational, implicit_prompt,
+        unpaired, or a foreign one: sharegpt, ultrafeedback, hh_rlhf, alpaca, kto_messages, which
+        convert_dataset maps to TRL's), and findings with row numbers and a remedy: missing_columns (with the
+        mapping that fixes it), empty_completion, identical_pair, duplicate_pairs, length_bias, few_pairs (with a
+        config's batch plan). With a model (or the config's): truncated, prompt_fills_max_length,
+        no_chat_template, tokenized as TRL will. score=true also scores every pair with the reference model
+        (already_preferred: pairs it ranks right already predict saturation) and caches the log-probs that a
+        run with precompute_ref_log_probs reuses; scoring takes about a second per few pairs on a CPU."""
+        import anyio
+
+        from .datacheck import check_data
+        cfg = ws.confine_config(_one_config(config, yaml)) if (config is not None or yaml is not None) else None
+        if not data.startswith("builtin:"):
+            from .plan import hub_dataset_id
+            if not hub_dataset_id(data, ws.root):
+                data = str(ws.confine(data, "data"))
+        if model is not None:
+            model = ws.confine_model(model)
+        return _json_safe(await anyio.to_thread.run_sync(lambda: check_data(
+            data, config=cfg, model=model, max_length=max_length, score=score, mapping=mapping, max_rows=max_rows,
+            root=ws.root, out_dir=ws.root / "data-check" if score else None)))
+
+    @mcp.tool(title="Convert a dataset to TRL's layout", annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False))
+    @tool_errors
+    def convert_dataset(data: str, out: str, mapping: dict[str, str] | None = None,
+                        overwrite: bool = False) -> ConvertResult:
+        """Write TRL-ready JSONL (out, inside the workspace) from a ShareGPT/LLaMA-Factory, UltraFeedback,
+        HH-RLHF, alpaca or KTO-messages file, or any columns renamed by mapping; row order kept, rows that do
+        not convert are listed. Says what was mapped. Refuses to overwrite unless overwrite=true."""
+        from .datacheck import convert_data
+        if not data.startswith("builtin:"):
+            data = str(ws.confine(data, "data"))
+        return _json_safe(convert_data(data, str(ws.confine(out, "out")), mapping=mapping, overwrite=overwrite))
 
     @mcp.tool(title="Explain a loss type", annotations=READ_ONLY)
     @tool_errors

@@ -125,6 +125,9 @@ def count_pairs(dataset_path: str | None) -> tuple[int | None, str, str | None]:
         return None, f"dataset size unknown ({dataset_path} is not a local file)", None
     if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COUNT_BYTES:
         return None, f"dataset size not counted ({dataset_path} is not a regular file under 1 GiB)", None
+    detected = _detected_pairs(str(p), dataset_path)
+    if detected is not None:
+        return detected
     suffix = p.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -144,6 +147,25 @@ def count_pairs(dataset_path: str | None) -> tuple[int | None, str, str | None]:
     if n is None:
         return None, f"dataset size not counted ({dataset_path}): the batch stays at the papers' 128", None
     return n, f"counted {n} pairs in {dataset_path}", None
+
+
+def _detected_pairs(path: str, label: str) -> tuple[int | None, str, None] | None:
+    """Usable pairs and layout by `prefpilot data check`'s row pass (no model), or None if it cannot read them."""
+    from .datacheck import check_data
+    try:
+        rep = check_data(path, tokenize=False)
+    except PrefpilotError:
+        return None
+    fmt, n = rep["format"], rep["usable_pairs"]
+    if fmt == "unknown" or rep["trl_format"] == "unpaired":
+        return None, (f"dataset size unknown ({label}: {fmt} rows, no preference pairs; `prefpilot data check "
+                      f"{label}` says what to map)"), None
+    skipped = rep["rows"] - n
+    note = f"counted {n} usable pairs in {label} ({fmt} layout" + (
+        f"; {skipped} of {rep['rows']} rows unusable: `prefpilot data check` lists them)" if skipped else ")")
+    if fmt in ("sharegpt", "ultrafeedback", "alpaca"):
+        note += f"; warning: TRL does not read the {fmt} layout: `prefpilot data convert {label} --out FILE.jsonl`"
+    return n, note, None
 
 
 MIN_MODEL_PARAMS = 1e5  # smaller than any language model a preference run trains

@@ -441,6 +441,9 @@ def _model_findings(cfg: dict) -> tuple[list, list]:
                         "download it first (hf download ...) on a machine without network access")]
 
 
+VALIDATE_DATA_ROWS = 20000  # rows validate reads for the data findings (data check reads them all)
+
+
 def _completeness(cfg: dict) -> list:
     out = []
     if not cfg.get("model_name_or_path"):
@@ -466,9 +469,46 @@ def _completeness(cfg: dict) -> list:
             from ..train.data import sample_problem  # pure Python (json/csv): no torch on this path
             why = sample_problem(str(Path(dp).expanduser()))
             if why:
-                out.append(finding("/dataset_path", "bad_data", why[:600],
-                                   "give TRL's columns: prompt, chosen, rejected (or chosen/rejected alone)"))
+                out.append(finding("/dataset_path", "bad_data", why[:600], _data_fix(dp)))
     return out
+
+
+def _data_fix(dp: str) -> str:
+    """What to do about data TRL cannot read: the conversion when its layout is one prefpilot knows."""
+    from ..datacheck import check_data
+    from ..datacheck.layouts import FOREIGN_LAYOUTS, trl_layout
+    from ..errors import PrefpilotError
+    try:
+        rep = check_data(dp, read_limit=200, tokenize=False)
+    except PrefpilotError:
+        rep = {"format": "unknown", "findings": []}
+    if rep["format"] in FOREIGN_LAYOUTS:
+        return (f"{rep['format']} layout: `prefpilot data convert {dp} --out F.jsonl` writes TRL's "
+                f"{trl_layout(rep['format'])} layout")
+    mapping = next((f.get("mapping") for f in rep["findings"] if f["id"] == "missing_columns" and f.get("mapping")),
+                   None)
+    if mapping:
+        return ("`prefpilot data convert " + dp + " --out FILE.jsonl --map "
+                + ",".join(f"{k}={v}" for k, v in mapping.items()) + "` renames the columns TRL needs")
+    return "give TRL's columns: prompt, chosen, rejected (or chosen/rejected alone); `prefpilot data check` says more"
+
+
+def data_warnings(cfg: dict) -> list:
+    """`prefpilot data check`'s cheap findings (no model) on the first rows of a local dataset_path, as
+    warnings: duplicates, empty or identical pairs, length bias, too few pairs for the batch plan."""
+    dp = cfg.get("dataset_path")
+    if not isinstance(dp, str) or not dp or not (dp.startswith("builtin:") or Path(dp).expanduser().is_file()):
+        return []
+    from ..datacheck import check_data  # pure Python without a model: no torch on this path
+    from ..errors import PrefpilotError
+    try:
+        rep = check_data(dp, config=cfg, read_limit=VALIDATE_DATA_ROWS, tokenize=False)
+    except PrefpilotError:
+        return []  # unreadable data is _completeness's error already
+    sampled = f"in the first {rep['rows']} rows" if rep.get("sampled") else f"in its {rep['rows']} rows"
+    return [finding("/dataset_path", f"data_{f['id']}", f"{dp} ({sampled}): {f['explanation']}",
+                    f"{f['remedy']}; `prefpilot data check {dp}` reports every row")
+            for f in rep["findings"] if f["severity"] in ("error", "warning")]
 
 
 def validate(config, *, complete: bool = True, local: bool = False, out_dir=None) -> Report:
@@ -513,6 +553,7 @@ def validate(config, *, complete: bool = True, local: bool = False, out_dir=None
     warnings += _range_warnings(cfg, method) + _reach_warnings(cfg) + _gamma_conflict(config, cfg, method)
     if complete:
         errors += _completeness(cfg)
+        warnings += data_warnings(cfg)
         model_errs, model_warns = _model_findings(cfg)
         errors += model_errs
         warnings += model_warns

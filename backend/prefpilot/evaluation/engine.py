@@ -39,19 +39,39 @@ def tokenize_pairs(rows: list[dict], tok, max_length: int | None) -> list[dict]:
             for r in ds]
 
 
+LOGIT_BUDGET = 1 << 27  # logits held at once (batch x kept positions x vocab): 512 MB in float32
+
+
+def _batches(order: list[int], seqs, max_length, batch_size: int, vocab: int):
+    """Length-sorted batches of at most ``batch_size`` sequences whose logits fit ``LOGIT_BUDGET``: a batch of
+    long sequences of a 50k-token vocabulary would otherwise hold gigabytes of logits."""
+    batch = []
+    for i in order:
+        p, c = seqs[i]
+        n = min(len(p) + len(c), max_length) if max_length else len(p) + len(c)
+        width = max([n] + [b[1] for b in batch])
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width * vocab > LOGIT_BUDGET):
+            yield [b[0] for b in batch]
+            batch = []
+        batch.append((i, n))
+    if batch:
+        yield [b[0] for b in batch]
+
+
 @torch.no_grad()
 def sequence_logps(model, seqs: list[tuple[list[int], list[int]]], pad_id: int, max_length: int | None,
                    batch_size: int = 32) -> tuple[list[float], list[int], list[list[float]]]:
     """Summed completion log-prob, completion length and per-token log-probs of (prompt, completion) pairs,
     truncated to ``max_length`` from the end as TRL's collator does (keep_start).
 
-    Sequences are batched by length (less padding), and the LM head runs only from the earliest completion
-    token of a batch on (`logits_to_keep`): on short completions after long prompts that is most of the cost."""
+    Sequences are batched by length (less padding) within a logits budget, and the LM head runs only from the
+    earliest completion token of a batch on (`logits_to_keep`): on short completions after long prompts that is
+    most of the cost."""
     n = len(seqs)
     sums, lens, per_token = [0.0] * n, [0] * n, [[] for _ in range(n)]
     order = sorted(range(n), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
-    for b in range(0, n, batch_size):
-        idx = order[b:b + batch_size]
+    vocab = int(getattr(model.config, "vocab_size", 0) or 1)
+    for idx in _batches(order, seqs, max_length, batch_size, vocab):
         chunk = [(seqs[i][0], (seqs[i][0] + seqs[i][1])[:max_length] if max_length else seqs[i][0] + seqs[i][1])
                  for i in idx]
         width = max(len(full) for _, full in chunk)
@@ -63,7 +83,9 @@ def sequence_logps(model, seqs: list[tuple[list[int], list[int]]], pad_id: int, 
         first = max(1, min(len(p) for p, _ in chunk))  # position of the earliest completion token
         keep = width - first + 1  # logits at positions first-1 .. width-1 predict tokens first .. width
         logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits[:, :-1].float()
-        lp = torch.log_softmax(logits, -1).gather(-1, ids[:, first:, None]).squeeze(-1)
+        # log-softmax at the target token only: one logsumexp instead of a second vocabulary-sized tensor
+        lp = logits.gather(-1, ids[:, first:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+        del logits
         for j, (p, full) in enumerate(chunk):
             toks = lp[j, len(p) - first:len(full) - first].tolist() if len(full) > len(p) else []
             i = idx[j]

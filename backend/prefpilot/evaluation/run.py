@@ -288,20 +288,22 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     return report
 
 
-def plot_margins(before: dict, after: dict, out, title: str = "") -> Path:
-    """Histograms of the held-out per-pair margins (chosen minus rejected), before (the reference) and after,
-    summed and per token: accuracy is the share right of 0."""
+def plot_margins(before: dict, after: dict | None, out, title: str = "") -> Path:
+    """Histograms of the held-out per-pair margins (chosen minus rejected), before (the reference) and after
+    (none for `prefpilot data check --score`, which has only the reference), summed and per token: accuracy is
+    the share right of 0."""
     import matplotlib
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in zip(axes, ("summed", "per_token"),
                               ("summed log-prob margin (nats)", "per-token log-prob margin (nats/token)")):
-        b, a = before[key], after[key]
+        b, a = before[key], after[key] if after else []
         lo, hi = min(b + a + [0.0]), max(b + a + [0.0])
         bins = [lo + (hi - lo) * i / 24 for i in range(25)] if hi > lo else 10
-        ax.hist(b, bins=bins, alpha=0.6, label="before (reference)", color="#7f7f7f")
-        ax.hist(a, bins=bins, alpha=0.6, label="after", color="#1f77b4")
+        ax.hist(b, bins=bins, alpha=0.6, label="before (reference)" if after else "reference", color="#7f7f7f")
+        if after:
+            ax.hist(a, bins=bins, alpha=0.6, label="after", color="#1f77b4")
         ax.axvline(0.0, color="black", lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("pairs")

@@ -101,6 +101,40 @@ def simpo_trainer_class():
 
 
 # ----------------------------------------------------------------------------- the run
+def cached_ref_logps(cfg: dict, targs: dict, model_path: str, model_kwargs: dict, rows: list):
+    """(chosen, rejected) reference log-probs of every training row from datacheck's cache, or None.
+
+    Only where the cached values are what TRL's precompute would give: float32 weights without bf16/fp16
+    autocast, the policy's own starting weights as the reference (no ref_model, no adapter folder), TRL's
+    default keep_start truncation and no LD-DPO weighting (ld_alpha changes the reference sum)."""
+    import torch
+    from ..datacheck import refcache
+    if not targs.get("precompute_ref_log_probs") or targs.get("bf16") or targs.get("fp16"):
+        return None
+    if model_kwargs.get("dtype") not in (torch.float32, None) or cfg.get("ref_model") or cfg.get("ld_alpha"):
+        return None
+    if targs.get("truncation_mode", "keep_start") != "keep_start" or (Path(model_path) / "adapter_config.json").exists():
+        return None
+    max_length = targs.get("max_length", 1024)  # DPOConfig's default
+    return refcache.lookup(refcache.fingerprint(model_path, max_length), rows)
+
+
+def cached_ref_dpo_trainer_class():
+    from trl import DPOTrainer
+
+    class CachedRefDPOTrainer(DPOTrainer):
+        """DPOTrainer that keeps reference log-probs already in a dataset (TRL's collator and loss read the
+        `ref_chosen_logps`/`ref_rejected_logps` columns) instead of computing them again; any dataset without
+        them (an eval split) goes through TRL's own precompute."""
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if "ref_chosen_logps" in dataset.column_names:
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return CachedRefDPOTrainer
+
+
 def _setup_logging(run_dir: Path, main_process: bool, log_file: bool = True) -> None:
     if not main_process:
         return
@@ -252,8 +286,18 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
 
     if cfg["method"] == "dpo":
         from trl import DPOConfig, DPOTrainer
-        trainer = DPOTrainer(model=model, args=DPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
+        cls = DPOTrainer
+        cached = cached_ref_logps(cfg, targs, model_path, model_kwargs, train_rows)
+        if cached is not None:  # `prefpilot data check --score` scored these pairs with this model already
+            train_ds = Dataset.from_list([{**r, "ref_chosen_logps": c, "ref_rejected_logps": rj}
+                                          for r, c, rj in zip(train_rows, *cached)])
+            cls = cached_ref_dpo_trainer_class()
+            if main:
+                log.info("reference log-probs of the %d training pairs reused from `prefpilot data check --score`'s "
+                         "cache: TRL's precompute pass over them is skipped", len(train_rows))
+                rundir.update_status(run_dir, ref_logps_reused=len(train_rows))
+        trainer = cls(model=model, args=DPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
     else:
         from trl.experimental.cpo import CPOConfig
         cls = simpo_trainer_class()
