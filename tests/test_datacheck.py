@@ -193,13 +193,15 @@ def test_score_caches_reference_logps_equal_to_trls_precompute_and_training_reus
     assert rundir.read_metrics(tmp_path / "run")[0]["loss"] == pytest.approx(0.6931, abs=0.01)
 
 
-def test_converted_llamafactory_data_trains_unchanged(tmp_path, tiny):
+@pytest.mark.parametrize("name", ["llamafactory-dpo_en_demo.json", "hh-rlhf-harmless-base-test.jsonl",
+                                  "ultrafeedback-binarized-row0.jsonl"])
+def test_converted_real_data_trains_unchanged(tmp_path, tiny, name):
     """`data convert` output goes to `prefpilot train` as it is (the tiny model has a chat template)."""
-    out = tmp_path / "lf.jsonl"
-    convert_data(str(REAL / "llamafactory-dpo_en_demo.json"), str(out))
+    out = tmp_path / "converted.jsonl"
+    convert_data(str(REAL / name), str(out))
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model_name_or_path: {tiny}\ndataset_path: {out}\nmax_steps: 2\nmax_length: 64\n"
-                   "per_device_train_batch_size: 2\nsave_strategy: 'no'\nuse_cpu: true\nlearning_rate: 1.0e-3\n")
+                   "per_device_train_batch_size: 1\nsave_strategy: 'no'\nuse_cpu: true\nlearning_rate: 1.0e-3\n")
     r = subprocess.run([*CLI, "train", str(cfg), "--run-dir", str(tmp_path / "run")], capture_output=True, text=True,
                        env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

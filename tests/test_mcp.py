@@ -274,6 +274,11 @@ TOOL_ARGS = {
         "pairs": JSONISH | PATHS, "prompts": JSONISH, "checkpoints": JSONISH, "timeout_s": st.just(1)}),
     "explain_loss": st.fixed_dictionaries({"loss_type": st.text(max_size=15) | st.sampled_from(["ipo", "simpo"])},
                                           optional={"method": JSONISH}),
+    "check_dataset": st.fixed_dictionaries({"data": PATHS | st.sampled_from(["metrics.jsonl", "builtin:x"])},
+                                           optional={"mapping": JSONISH, "max_rows": JSONISH,
+                                                     "config": CONFIGS | JSONISH}),
+    "convert_dataset": st.fixed_dictionaries({"data": PATHS | st.sampled_from(["metrics.jsonl"]), "out": PATHS},
+                                             optional={"mapping": JSONISH, "overwrite": st.booleans()}),
 }
 
 
@@ -301,7 +306,7 @@ def test_fuzzed_arguments_get_a_result_or_a_tool_error(tool, fuzz_session):
             assert r.content or r.structured_content is not None
     check()
     # the server is still alive and answering after the barrage
-    assert len(portal.call(client.list_tools).tools) == 14
+    assert len(portal.call(client.list_tools).tools) == 16
     assert not [p for p in (portal.call(client.call_tool, "list_runs", {}).structured_content["runs"])
                 if p.get("state") == "running"]
 

@@ -26,3 +26,23 @@ def test_smollm2_dpo_few_steps_with_heldout_accuracy(tmp_path, monkeypatch):
     assert 0.0 <= ev["preference_accuracy"]["implicit"] <= 1.0
     assert ev["margins"]["implicit"]["mean"] != 0.0  # the trained weights differ from the reference
     assert 0.3 < ev["before"]["summed"] < 0.8  # an instruct model is not random on arithmetic
+
+
+def test_smollm2_scores_real_hh_pairs_with_its_chat_template(tmp_path, monkeypatch):
+    """`prefpilot data check --score` with the real model on real HH-RLHF rows (converted: the prompt cut after the
+    last Assistant turn): every pair scored, the tokenizer's chat template applied, the cache written."""
+    import json
+    from pathlib import Path
+
+    from prefpilot.datacheck import check_data, convert_data, refcache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = Path(__file__).parent / "real_data" / "hh-rlhf-harmless-base-test.jsonl"
+    short = [r for r in map(json.loads, src.read_text().splitlines()) if len(r["chosen"]) + len(r["rejected"]) < 500]
+    (tmp_path / "hh.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short[:8]))
+    convert_data(str(tmp_path / "hh.jsonl"), str(tmp_path / "trl.jsonl"))
+    rep = check_data(str(tmp_path / "trl.jsonl"), model=DEFAULT_MODEL, max_length=256, score=True)
+    assert rep["format"] == "standard" and rep["score"]["pairs"] == len(short[:8])
+    assert rep["tokens"]["chosen_tokens_median"] > 0
+    path, _ = resolve_model(DEFAULT_MODEL)
+    rows = [json.loads(line) for line in (tmp_path / "trl.jsonl").read_text().splitlines()]
+    assert refcache.lookup(refcache.fingerprint(path, 256), rows) is not None
