@@ -342,3 +342,66 @@ def test_cpoconfig_defaults_are_the_ones_the_simpo_skill_states():
         warnings.simplefilter("ignore")
         c = CPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False)
     assert (c.beta, c.simpo_gamma, c.cpo_alpha) == (beta, gamma, alpha) and gamma / beta == ratio
+
+
+# --- issue 26: the skills' "run it with TRL alone" advice is `prefpilot export --trl`, checked on every example ---
+
+def _skill_example_configs():
+    """Every full run config (a yaml block with `method:`) in the skills, with its file."""
+    out = []
+    for file, tag, body, expect in blocks("yaml"):
+        snippet = yaml.safe_load(body)
+        if not expect and isinstance(snippet, dict) and "method" in snippet:
+            out.append((file, snippet))
+    return out
+
+
+@pytest.mark.parametrize("file,snippet", _skill_example_configs(), ids=lambda v: v if isinstance(v, str) else None)
+def test_every_skill_example_exports_through_the_cli_to_a_config_trls_parser_takes(file, snippet, tmp_path):
+    from prefpilot.config.normalize import PREFPILOT_KEYS
+    cfg_file, out = tmp_path / "run.yaml", tmp_path / "trl.yaml"
+    cfg_file.write_text(yaml.safe_dump({**BASE, **snippet}))
+    assert cli(["export", "--trl", str(cfg_file), "-o", str(out)]) == 0
+    exported = yaml.safe_load(out.read_text())
+    assert not PREFPILOT_KEYS & set(exported) and exported["datasets"]  # `trl dpo` stops without a dataset
+    parsed = trl_parse(exported, snippet["method"])
+    if snippet["method"] == "simpo":
+        want = snippet.get("sft_weight", 0.0)  # 0 (pure SimPO) unless the example asks for an SFT term
+        assert exported["cpo_alpha"] == want and parsed[1].cpo_alpha == want and parsed[1].loss_type == "simpo"
+        if file == "skills/mlops/simpo/SKILL.md":
+            assert want == 0 and exported["cpo_alpha"] == 0
+        ratio = snippet.get("gamma_beta_ratio", 0.5)
+        assert parsed[1].simpo_gamma == pytest.approx(ratio * parsed[1].beta)
+
+
+def test_simpo_skill_example_left_unexported_is_refused_or_becomes_cpo_simpo():
+    """What the old advice (drop method/hardware/dataset_path/diagnose) produced from the SimPO skill's example."""
+    (snippet,) = [s for f, s in _skill_example_configs() if f == "skills/mlops/simpo/SKILL.md"]
+    by_hand = {k: v for k, v in snippet.items() if k not in ("method", "hardware", "dataset_path", "diagnose")}
+    with pytest.raises(ValueError, match="gamma_beta_ratio"):
+        trl_parse(by_hand, "simpo")
+    without_ratio = {k: v for k, v in by_hand.items() if k != "gamma_beta_ratio"}
+    assert trl_parse(without_ratio, "simpo")[1].cpo_alpha == 1.0  # CPOConfig's default: an SFT term, CPO-SimPO
+
+
+def test_the_skills_list_exactly_the_keys_export_drops():
+    import re
+
+    from prefpilot.config.normalize import PREFPILOT_KEYS
+    for skill in ("trl-fine-tuning", "simpo", "preference-diagnostics"):
+        text = (ROOT / f"skills/mlops/{skill}/SKILL.md").read_text(encoding="utf-8")
+        m = re.search(r"drops every prefpilot-only key\s*\(([^)]*)\)", text)
+        assert m, f"{skill}/SKILL.md no longer says which keys `prefpilot export --trl` drops"
+        assert set(re.findall(r"`(\w+)`", m.group(1))) == PREFPILOT_KEYS, skill
+
+
+def test_export_says_a_cpu_machine_needs_use_cpu(tmp_path):
+    import torch
+    from transformers import TrainingArguments
+    cfg, notes = export_trl({**BASE, "beta": 0.1})
+    assert "use_cpu" not in cfg and any("use_cpu: true" in n for n in notes)
+    assert not any("use_cpu" in n for n in export_trl({**BASE, "bf16": False})[1])
+    if not torch.cuda.is_available():  # what the note is about: transformers refuses bf16 here without use_cpu
+        with pytest.raises(ValueError, match="use_cpu"):
+            TrainingArguments(output_dir=str(tmp_path), bf16=True)
+        TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True)
