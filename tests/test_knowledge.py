@@ -512,3 +512,37 @@ def test_grad_norm_and_learning_rate_are_the_logging_steps_own_values_and_the_po
     for row, (gn, lr) in zip(rows, (per_step[1], per_step[3])):
         assert row["grad_norm"] == pytest.approx(gn) and row["learning_rate"] == pytest.approx(lr)
     assert per_step[0][1] != per_step[1][1]  # the window's other step had another learning rate, not in the log
+
+
+# --- issue 26: practice.md (several GPUs, dtype, data, evaluation, streaming) ------------------------------------
+
+def test_the_accelerate_configs_practice_md_names_ship_with_trl():
+    import importlib.resources
+    import re
+    text = (ROOT / "skills/mlops/trl-fine-tuning/references/practice.md").read_text(encoding="utf-8")
+    names = re.search(r"takes a file or the name of one TRL ships \(([^)]*)\)", text).group(1)
+    shipped = {p.name[:-5] for p in importlib.resources.files("trl.accelerate_configs").iterdir()
+               if p.name.endswith(".yaml")}
+    assert set(re.findall(r"`(\w+)`", names)) == shipped
+
+
+def test_an_exported_mixture_has_no_test_split_unless_test_split_size_is_set():
+    from trl import get_dataset
+    cfg, _ = export_trl(BASE)
+    mixture = trl_parse(cfg, "dpo")[3]
+    assert set(get_dataset(mixture)) == {"train"}  # `trl dpo` with eval_strategy would look up "test" and fail
+    split = trl_parse({**cfg, "test_split_size": 0.25}, "dpo")[3]
+    assert set(get_dataset(split)) == {"train", "test"}
+
+
+def test_a_streamed_dataset_needs_max_steps(tmp_path):
+    from trl import DPOConfig, DPOTrainer
+    model, tok, ds = _tiny_trainer_parts(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none")
+        with pytest.raises(ValueError, match="max_steps"):  # refused when the trainer is built
+            DPOTrainer(model=model, args=args, train_dataset=ds.to_iterable_dataset(), processing_class=tok)
+    assert "/max_steps" in {w["path"] for w in validate({**BASE, "streaming": True}, complete=False)["warnings"]}
+    assert "/max_steps" not in {w["path"] for w in validate({**BASE, "streaming": True, "max_steps": 100},
+                                                            complete=False)["warnings"]}

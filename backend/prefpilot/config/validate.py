@@ -254,6 +254,11 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
     if (cfg.get("load_in_4bit") or cfg.get("load_in_8bit")) and not peft:
         errs.append(finding("/load_in_4bit" if cfg.get("load_in_4bit") else "/load_in_8bit", "incompatible",
                             "quantised weights cannot be trained directly", "set use_peft: true (QLoRA)"))
+    streamed = cfg.get("streaming") or cfg.get("dataset_streaming")
+    if streamed and not (isinstance(cfg.get("max_steps"), int) and cfg["max_steps"] > 0):
+        warns.append(finding("/max_steps", "incompatible", "a streamed dataset has no length: TRL's trainer needs "
+                             "max_steps > 0 for its schedule and refuses to start without it",
+                             "set max_steps"))
     gpu = bool(hw.get("gpu_memory_gb"))
     if (cfg.get("load_in_4bit") or cfg.get("load_in_8bit")) and not gpu:
         errs.append(finding("/load_in_4bit", "hardware", "bitsandbytes quantisation needs a CUDA GPU and this run's "
