@@ -125,7 +125,7 @@ def test_margin_explosion_scales_with_beta():
 
 
 def test_zephyr_like_displacement_is_info_and_near_equal_falls_warn():
-    # chosen ~95 nats below the reference, rejected ~190 (the published one-epoch zephyr run): the usual regime
+    # chosen 95 nats below the reference, rejected 190 (chosen falling at half the rate): the usual DPO regime
     zephyr = H.displaced(drop=95, rejected_factor=2.0, beta=0.01)
     f = {f["id"]: f for f in diagnose(zephyr, config={"method": "dpo", "beta": 0.01})["findings"]}
     assert f["likelihood_displacement"]["severity"] == "info"

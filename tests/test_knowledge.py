@@ -296,6 +296,9 @@ def test_cpo_averages_for_simpo_and_its_sft_term_is_one_token_mean(tmp_path):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert metrics["logps/chosen"] == pytest.approx(avg_c.mean().item(), rel=1e-5)
     assert metrics["nll_loss"] == pytest.approx(nll.item(), rel=1e-5)
+    # issue 26: the untrained model's first margin is β × its own per-token gap, not 0 (no reference to subtract)
+    m0 = (beta * (avg_c - avg_r)).mean().item()
+    assert metrics["rewards/margins"] == pytest.approx(m0, rel=1e-4) and abs(m0) > 1e-3
     assert nll.item() != pytest.approx((-avg_c).mean().item(), rel=1e-3)
     trainer.loss_type = "sigmoid"  # any other loss type sums
     with torch.no_grad():
@@ -342,3 +345,204 @@ def test_cpoconfig_defaults_are_the_ones_the_simpo_skill_states():
         warnings.simplefilter("ignore")
         c = CPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False)
     assert (c.beta, c.simpo_gamma, c.cpo_alpha) == (beta, gamma, alpha) and gamma / beta == ratio
+
+
+# --- issue 26: the skills' "run it with TRL alone" advice is `prefpilot export --trl`, checked on every example ---
+
+def _skill_example_configs():
+    """Every full run config (a yaml block with `method:`) in the skills, with its file."""
+    out = []
+    for file, tag, body, expect in blocks("yaml"):
+        snippet = yaml.safe_load(body)
+        if not expect and isinstance(snippet, dict) and "method" in snippet:
+            out.append((file, snippet))
+    return out
+
+
+@pytest.mark.parametrize("file,snippet", _skill_example_configs(), ids=lambda v: v if isinstance(v, str) else None)
+def test_every_skill_example_exports_through_the_cli_to_a_config_trls_parser_takes(file, snippet, tmp_path):
+    from prefpilot.config.normalize import PREFPILOT_KEYS
+    cfg_file, out = tmp_path / "run.yaml", tmp_path / "trl.yaml"
+    cfg_file.write_text(yaml.safe_dump({**BASE, **snippet}))
+    assert cli(["export", "--trl", str(cfg_file), "-o", str(out)]) == 0
+    exported = yaml.safe_load(out.read_text())
+    assert not PREFPILOT_KEYS & set(exported) and exported["datasets"]  # `trl dpo` stops without a dataset
+    parsed = trl_parse(exported, snippet["method"])
+    if snippet["method"] == "simpo":
+        want = snippet.get("sft_weight", 0.0)  # 0 (pure SimPO) unless the example asks for an SFT term
+        assert exported["cpo_alpha"] == want and parsed[1].cpo_alpha == want and parsed[1].loss_type == "simpo"
+        if file == "skills/mlops/simpo/SKILL.md":
+            assert want == 0 and exported["cpo_alpha"] == 0
+        ratio = snippet.get("gamma_beta_ratio", 0.5)
+        assert parsed[1].simpo_gamma == pytest.approx(ratio * parsed[1].beta)
+
+
+def test_simpo_skill_example_left_unexported_is_refused_or_becomes_cpo_simpo():
+    """What the old advice (drop method/hardware/dataset_path/diagnose) produced from the SimPO skill's example."""
+    (snippet,) = [s for f, s in _skill_example_configs() if f == "skills/mlops/simpo/SKILL.md"]
+    by_hand = {k: v for k, v in snippet.items() if k not in ("method", "hardware", "dataset_path", "diagnose")}
+    with pytest.raises(ValueError, match="gamma_beta_ratio"):
+        trl_parse(by_hand, "simpo")
+    without_ratio = {k: v for k, v in by_hand.items() if k != "gamma_beta_ratio"}
+    assert trl_parse(without_ratio, "simpo")[1].cpo_alpha == 1.0  # CPOConfig's default: an SFT term, CPO-SimPO
+
+
+def test_the_skills_list_exactly_the_keys_export_drops():
+    import re
+
+    from prefpilot.config.normalize import PREFPILOT_KEYS
+    for skill in ("trl-fine-tuning", "simpo", "preference-diagnostics"):
+        text = (ROOT / f"skills/mlops/{skill}/SKILL.md").read_text(encoding="utf-8")
+        m = re.search(r"drops every prefpilot-only key\s*\(([^)]*)\)", text)
+        assert m, f"{skill}/SKILL.md no longer says which keys `prefpilot export --trl` drops"
+        assert set(re.findall(r"`(\w+)`", m.group(1))) == PREFPILOT_KEYS, skill
+
+
+def test_export_says_a_cpu_machine_needs_use_cpu(tmp_path):
+    import torch
+    from transformers import TrainingArguments
+    cfg, notes = export_trl({**BASE, "beta": 0.1})
+    assert "use_cpu" not in cfg and any("use_cpu: true" in n for n in notes)
+    assert not any("use_cpu" in n for n in export_trl({**BASE, "bf16": False})[1])
+    if not torch.cuda.is_available():  # what the note is about: transformers refuses bf16 here without use_cpu
+        with pytest.raises(ValueError, match="use_cpu"):
+            TrainingArguments(output_dir=str(tmp_path), bf16=True)
+        TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True)
+
+
+def test_padding_free_is_ignored_by_dpotrainer_whatever_the_attention(tmp_path):
+    from trl import DPOConfig, DPOTrainer
+    model, tok, ds = _tiny_trainer_parts(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none",
+                         padding_free=True)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    assert trainer.padding_free is False  # no FlashAttention check before it: the flag is dropped outright
+    for attn in (None, "sdpa", "flash_attention_2"):
+        r = validate({**BASE, "padding_free": True, "attn_implementation": attn}, complete=False)
+        assert r["valid"] and "/padding_free" in {w["path"] for w in r["warnings"]}
+
+
+def test_an_explicit_ref_model_is_used_with_peft_and_the_messages_say_so(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOConfig, DPOTrainer
+    model, tok, ds = _tiny_trainer_parts(tmp_path)
+    ref = _tiny_trainer_parts(tmp_path)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none")
+        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
+        assert DPOTrainer(model=peft_model, ref_model=ref, args=args, train_dataset=ds,
+                          processing_class=tok).ref_model is ref
+        assert DPOTrainer(model=get_peft_model(_tiny_trainer_parts(tmp_path)[0],
+                                               LoraConfig(r=4, target_modules=["q_proj"])),
+                          args=args, train_dataset=ds, processing_class=tok).ref_model is None  # adapter off
+    (err,) = validate({**BASE, "force_use_ref_model": True}, complete=False)["errors"]
+    assert "ref_model" in err["message"] and "PEFT or not" in err["message"]
+
+
+def test_bf16_on_a_cpu_only_machine_names_use_cpu():
+    cpu = {"hardware": {"gpu_memory_gb": 0, "num_gpus": 0}}
+    (w,) = [w for w in validate({**BASE, **cpu, "bf16": True}, complete=False)["warnings"] if w["path"] == "/bf16"]
+    assert "use_cpu" in w["message"] and "refuses" in w["message"]
+
+
+def test_weights_load_in_float32_unless_dtype_is_set_and_the_estimate_assumes_the_same():
+    from trl import ModelConfig
+
+    from prefpilot.config.estimate import estimate_memory
+    assert ModelConfig().dtype == "float32"  # what `trl dpo` loads with when the config has no dtype
+    gpu = {"gpu_memory_gb": 80, "num_gpus": 1, "bf16_supported": True}
+    cfg = {**BASE, "model_params": 1.0e9, "bf16": True}
+    fp32, bf16 = estimate_memory(cfg, gpu), estimate_memory({**cfg, "dtype": "bfloat16"}, gpu)
+    assert fp32["assumptions"]["load_dtype"] == "float32" and bf16["assumptions"]["load_dtype"] == "bfloat16"
+    assert fp32["parts_gb"]["weights"] == fp32["parts_gb"]["reference_model"] == 4.0  # 4 bytes/param each
+    assert bf16["parts_gb"]["weights"] == bf16["parts_gb"]["reference_model"] == 2.0
+
+
+@pytest.mark.parametrize("old_alpha", [0.2, 0.5, 0.7])
+def test_an_old_alpha_divergence_coef_is_todays_one_minus_it(old_alpha):
+    """dpo-variants.md: TRL ≤ 0.2x scored (1 − e^(−α·r))/α; TRL 1.16 at coef 1 − α is the same loss."""
+    import torch
+    b, beta = {k: v.float() if v.is_floating_point() else v for k, v in make_batch(13).items()}, 0.1
+
+    def old(r):
+        return (1 - torch.exp(-old_alpha * r)) / old_alpha
+
+    expected = _per_pair_sigmoid(old(b["pi_c"] - b["ref_c"]), old(b["pi_r"] - b["ref_r"]), beta).mean().item()
+    ported = trl_dpo_loss(b, "sigmoid", beta=beta, f_divergence_type="alpha_divergence",
+                          f_alpha_divergence_coef=1 - old_alpha)[0]
+    assert ported == pytest.approx(expected, rel=1e-5)
+    if old_alpha != 0.5:  # the same number copied across is another divergence
+        same = trl_dpo_loss(b, "sigmoid", beta=beta, f_divergence_type="alpha_divergence",
+                            f_alpha_divergence_coef=old_alpha)[0]
+        assert same != pytest.approx(expected, rel=1e-3)
+
+
+def test_grad_norm_and_learning_rate_are_the_logging_steps_own_values_and_the_policy_cannot_be_its_reference(
+        tmp_path):
+    """dpo-training.md / findings.yaml grad_spike: with logging_steps N, grad_norm and learning_rate are the Nth step's
+    values (a spike on another step is not in the log), while loss and TRL's rewards/* are window means."""
+    from trl import DPOConfig, DPOTrainer
+    model, tok, ds = _tiny_trainer_parts(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="same object"):  # findings.yaml: refused at init by TRL 1.16
+            DPOTrainer(model=model, ref_model=model, args=DPOConfig(output_dir=str(tmp_path / "r"), use_cpu=True,
+                                                                    bf16=False, report_to="none"),
+                       train_dataset=ds, processing_class=tok)
+        args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none", max_steps=4,
+                         logging_steps=2, per_device_train_batch_size=1, learning_rate=1e-3, save_strategy="no",
+                         lr_scheduler_type="linear", warmup_steps=0)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+        per_step, logged = [], []
+        original = trainer._maybe_log_save_evaluate
+
+        def spy(tr_loss, grad_norm, *a, learning_rate=None, **kw):
+            per_step.append((float(grad_norm), learning_rate))
+            return original(tr_loss, grad_norm, *a, learning_rate=learning_rate, **kw)
+
+        trainer._maybe_log_save_evaluate = spy
+        trainer.log = (lambda log: (lambda logs, *a, **k: (logged.append(dict(logs)), log(logs, *a, **k))[1]))(
+            trainer.log)
+        trainer.train()
+    rows = [r for r in logged if "grad_norm" in r]
+    assert len(rows) == 2 and len(per_step) >= 4  # one call per step (and one more after the loop)
+    for row, (gn, lr) in zip(rows, (per_step[1], per_step[3])):
+        assert row["grad_norm"] == pytest.approx(gn) and row["learning_rate"] == pytest.approx(lr)
+    assert per_step[0][1] != per_step[1][1]  # the window's other step had another learning rate, not in the log
+
+
+# --- issue 26: practice.md (several GPUs, dtype, data, evaluation, streaming) ------------------------------------
+
+def test_the_accelerate_configs_practice_md_names_ship_with_trl():
+    import importlib.resources
+    import re
+    text = (ROOT / "skills/mlops/trl-fine-tuning/references/practice.md").read_text(encoding="utf-8")
+    names = re.search(r"takes a file or the name of one TRL ships \(([^)]*)\)", text).group(1)
+    shipped = {p.name[:-5] for p in importlib.resources.files("trl.accelerate_configs").iterdir()
+               if p.name.endswith(".yaml")}
+    assert set(re.findall(r"`(\w+)`", names)) == shipped
+
+
+def test_an_exported_mixture_has_no_test_split_unless_test_split_size_is_set():
+    from trl import get_dataset
+    cfg, _ = export_trl(BASE)
+    mixture = trl_parse(cfg, "dpo")[3]
+    assert set(get_dataset(mixture)) == {"train"}  # `trl dpo` with eval_strategy would look up "test" and fail
+    split = trl_parse({**cfg, "test_split_size": 0.25}, "dpo")[3]
+    assert set(get_dataset(split)) == {"train", "test"}
+
+
+def test_a_streamed_dataset_needs_max_steps(tmp_path):
+    from trl import DPOConfig, DPOTrainer
+    model, tok, ds = _tiny_trainer_parts(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none")
+        with pytest.raises(ValueError, match="max_steps"):  # refused when the trainer is built
+            DPOTrainer(model=model, args=args, train_dataset=ds.to_iterable_dataset(), processing_class=tok)
+    assert "/max_steps" in {w["path"] for w in validate({**BASE, "streaming": True}, complete=False)["warnings"]}
+    assert "/max_steps" not in {w["path"] for w in validate({**BASE, "streaming": True, "max_steps": 100},
+                                                            complete=False)["warnings"]}

@@ -385,6 +385,24 @@ def test_a_skill_of_the_same_name_elsewhere_is_a_collision_until_replace(bundle,
     assert agent_scan(target) == ["alpha", "beta"]
 
 
+@pytest.mark.parametrize("where", ["cat/alpha", "mlops/other/alpha"])
+def test_an_agents_skill_in_a_folder_of_our_name_is_a_collision_until_replace(bundle, target, where):
+    """README: hermes' optional `simpo` skill (folder simpo, front-matter name simpo-training), wherever it is."""
+    theirs = target / where
+    theirs.mkdir(parents=True)
+    (theirs / "SKILL.md").write_text(skill_md("alpha-training", "hermes' optional skill"))
+    rc, out = bundle.sync(target)
+    assert out["collisions"] == ["alpha"] and "beta" in out["copied"]
+    assert (theirs / "SKILL.md").read_text() == skill_md("alpha-training", "hermes' optional skill")
+    assert not (target / "cat/alpha/references").exists()  # ours is not installed beside or over theirs
+    rc, out = bundle.sync(target, "--replace", "alpha")
+    assert rc == 0 and "alpha" in out["copied"]
+    (backup,) = out["backups"]
+    assert "hermes' optional skill" in (Path(backup) / "SKILL.md.bak").read_text()
+    assert (target / "cat/alpha/SKILL.md").read_text() == skill_md("alpha") and not (
+        where != "cat/alpha" and theirs.exists())
+
+
 def test_a_moved_skill_follows_when_pristine_and_stays_when_edited(tmp_path):
     b = Bundle(tmp_path / "b").put("alpha").put("beta").manifest()
     target = tmp_path / "t"

@@ -136,7 +136,9 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
                                  if k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")}}
     method = config.get("method", "dpo")
     gpu = bool(hardware.get("gpu_memory_gb"))
-    load_dtype = config.get("dtype") or ("bfloat16" if gpu and hardware.get("bf16_supported") else "float32")
+    # TRL (ModelConfig.dtype, create_model_from_path) and `prefpilot train` load float32 unless `dtype` is set;
+    # bf16: true is autocast only, so the weights (and the reference's) still take 4 bytes per parameter
+    load_dtype = config.get("dtype") or "float32"
     half = bool(config.get("bf16") or config.get("fp16"))
     wbytes = DTYPE_BYTES.get(load_dtype, 4)
     peft = bool(config.get("use_peft"))

@@ -50,6 +50,10 @@ def export_trl(config: dict) -> tuple[dict, list[str]]:
                                      code="dataset_format")
             out["datasets"] = [{"path": builder, "data_files": str(p), "split": "train"}]
             notes.append(f"dataset_path {dp} -> datasets: [{{path: {builder}, data_files: {p}}}]")
+    if not out.get("use_cpu") and "bf16" not in out and "fp16" not in out:
+        notes.append("TRL turns bf16 on by default and transformers refuses bf16 without a bf16 GPU unless "
+                     "use_cpu is set (`prefpilot train` sets it on a machine without CUDA; this file does not): "
+                     "on a CPU add use_cpu: true and bf16: false")
     if method == "simpo":
         notes.append("SimPO runs through TRL's experimental CPOTrainer (loss_type simpo), which has no `trl` CLI "
                      "command: parse this file with TrlParser((ScriptArguments, CPOConfig, ModelConfig, "

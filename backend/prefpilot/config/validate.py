@@ -22,23 +22,24 @@ SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 # Keys older TRL/transformers accepted and the installed ones reject, with what replaces them.
 REMOVED_KEYS = {
-    "max_prompt_length": "removed in TRL 1.x: only max_length (prompt + completion) remains; set max_length to the longest prompt+answer you keep",
-    "max_completion_length": "removed from DPOConfig in TRL 1.x: only max_length (prompt + completion) remains",
-    "max_target_length": "removed in TRL 1.x: use max_length",
-    "rpo_alpha": "removed in TRL 1.x: write loss_type: [sigmoid, sft] with loss_weights: [1.0, <rpo_alpha>]",
-    "reference_free": "removed in TRL 1.x: the same loss is TRL's CPO trainer with loss_type sigmoid and "
+    "max_prompt_length": "removed in TRL 0.29 (trl#4969 deprecated it in 0.28): only max_length (prompt + completion) remains; set max_length to the longest prompt+answer you keep",
+    "max_completion_length": "removed from DPOConfig in TRL 0.29 (trl#4969): only max_length (prompt + completion) remains",
+    "max_target_length": "not in TRL 1.x: use max_length",
+    "rpo_alpha": "removed in TRL 0.29's DPO rework: write loss_type: [sigmoid, sft] with loss_weights: [1.0, <rpo_alpha>]",
+    "reference_free": "removed in TRL 0.29's DPO rework: the same loss is TRL's CPO trainer with loss_type sigmoid and "
                       "cpo_alpha 0 (summed log-probs); method: simpo is its length-normalised successor",
-    "generate_during_eval": "removed from DPOConfig in TRL 1.x",
-    "model_adapter_name": "removed in TRL 1.x: the trained adapter is the active one",
-    "ref_adapter_name": "removed in TRL 1.x: a reference adapter is found by the name 'ref'",
-    "force_use_ref_model": "removed in TRL 1.x: with PEFT the reference is the base model (adapter disabled)",
-    "ref_model_init_kwargs": "removed in TRL 1.x: the reference model is loaded like the policy",
-    "padding_value": "removed in TRL 1.x: padding uses the tokenizer's pad token",
-    "label_pad_token_id": "removed in TRL 1.x",
-    "is_encoder_decoder": "removed from DPOConfig in TRL 1.x (decoder-only models)",
-    "tools": "removed from DPOConfig in TRL 1.x",
-    "use_logits_to_keep": "removed in TRL 1.x: log-probs come from a fused LM head",
-    "use_num_logits_to_keep": "removed in TRL 1.x",
+    "generate_during_eval": "not in DPOConfig in TRL 1.x",
+    "model_adapter_name": "not in TRL 1.x: the trained adapter is the active one",
+    "ref_adapter_name": "not in TRL 1.x: a reference adapter is found by the name 'ref'",
+    "force_use_ref_model": "not in TRL 1.x: with PEFT and no ref_model the reference is the policy with its adapter "
+                           "disabled; a ref_model passed to DPOTrainer is used as the reference, PEFT or not",
+    "ref_model_init_kwargs": "not in TRL 1.x: the reference model is loaded like the policy",
+    "padding_value": "not in TRL 1.x: padding uses the tokenizer's pad token",
+    "label_pad_token_id": "not in TRL 1.x",
+    "is_encoder_decoder": "not in DPOConfig in TRL 1.x (decoder-only models)",
+    "tools": "not in DPOConfig in TRL 1.x",
+    "use_logits_to_keep": "not in TRL 1.x: log-probs come from a fused LM head",
+    "use_num_logits_to_keep": "not in TRL 1.x",
     "torch_dtype": "renamed to dtype (transformers 5 / TRL 1.x ModelConfig)",
     "evaluation_strategy": "renamed to eval_strategy",
     "warmup_ratio": "removed in transformers 5: warmup_steps takes a ratio when below 1 (e.g. warmup_steps: 0.1)",
@@ -49,7 +50,6 @@ RENAMED_KEYS = {"torch_dtype": "dtype", "evaluation_strategy": "eval_strategy", 
 RENAMED_LOSS = {"aot_pair": "aot_unpaired"}
 # loss types whose formula reads label_smoothing in TRL 1.16; with any other it is silently ignored
 LABEL_SMOOTHING_LOSSES = {"robust", "exo_pair", "aot", "aot_unpaired"}
-FLASH_ATTN = {"flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/flash-attn3"}
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
 
@@ -196,8 +196,8 @@ def _loss_type_findings(value, method: str) -> list:
             out.append(finding(path, "type", f"loss_type entries are names, got a {type(v).__name__} "
                                f"({str(v)[:60]}); valid: {', '.join(valid)}", "e.g. loss_type: sigmoid"))
         elif v in RENAMED_LOSS:
-            out.append(finding(path, "renamed_value", f"loss_type `{v}` was renamed to `{RENAMED_LOSS[v]}` in TRL 1.x "
-                               "(TRL accepts the old name in the config and fails at the first training step)",
+            out.append(finding(path, "renamed_value", f"loss_type `{v}` was renamed to `{RENAMED_LOSS[v]}` in TRL "
+                               "0.28 (trl#5038) (TRL 1.16 accepts the old name in the config and fails at the first training step)",
                                f"use `{RENAMED_LOSS[v]}`"))
         elif v == "simpo" and method == "dpo":
             out.append(finding(path, "wrong_method", "SimPO is not a DPOTrainer loss_type", "set method: simpo"))
@@ -233,13 +233,10 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         if cfg.get("use_weighting") and set(losses) & {"aot", "aot_unpaired"}:
             errs.append(finding("/use_weighting", "incompatible", "WPO weighting is not implemented for aot losses "
                                 "(they sort pairs across the batch)", "set use_weighting: false"))
-        if cfg.get("padding_free") and cfg.get("attn_implementation") not in FLASH_ATTN:
-            errs.append(finding("/padding_free", "incompatible", "padding_free needs FlashAttention "
-                                f"(attn_implementation is {cfg.get('attn_implementation')!r})",
-                                "set attn_implementation: flash_attention_2, or padding_free: false"))
-        elif cfg.get("padding_free"):
-            warns.append(finding("/padding_free", "no_effect", "padding_free is temporarily unavailable in TRL 1.16: "
-                                 "it warns and falls back to padding", "leave it off until TRL restores it"))
+        if cfg.get("padding_free"):  # DPOTrainer sets it back to False whatever the attention implementation
+            warns.append(finding("/padding_free", "no_effect", "TRL 1.16 ignores padding_free (with any attention "
+                                 "implementation, FlashAttention included): it warns and pads as usual",
+                                 "drop padding_free until TRL restores it"))
         if cfg.get("precompute_ref_log_probs") and (cfg.get("streaming") or cfg.get("dataset_streaming")):
             errs.append(finding("/precompute_ref_log_probs", "incompatible", "a streamed dataset (IterableDataset) "
                                 "cannot take precomputed reference columns: DPOTrainer refuses it at start",
@@ -257,6 +254,11 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
     if (cfg.get("load_in_4bit") or cfg.get("load_in_8bit")) and not peft:
         errs.append(finding("/load_in_4bit" if cfg.get("load_in_4bit") else "/load_in_8bit", "incompatible",
                             "quantised weights cannot be trained directly", "set use_peft: true (QLoRA)"))
+    streamed = cfg.get("streaming") or cfg.get("dataset_streaming")
+    if streamed and not (isinstance(cfg.get("max_steps"), int) and cfg["max_steps"] > 0):
+        warns.append(finding("/max_steps", "incompatible", "a streamed dataset has no length: TRL's trainer needs "
+                             "max_steps > 0 for its schedule and refuses to start without it",
+                             "set max_steps"))
     gpu = bool(hw.get("gpu_memory_gb"))
     if (cfg.get("load_in_4bit") or cfg.get("load_in_8bit")) and not gpu:
         errs.append(finding("/load_in_4bit", "hardware", "bitsandbytes quantisation needs a CUDA GPU and this run's "
@@ -267,7 +269,9 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         errs.append(finding("/bf16", "hardware", f"bf16 needs an Ampere-or-newer GPU; {hw.get('gpu_name') or 'this GPU'}"
                             " does not support it", "set bf16: false and fp16: true"))
     elif cfg.get("bf16") and not gpu:
-        warns.append(finding("/bf16", "hardware", "bf16 on a CPU-only machine is emulated on most CPUs and slow",
+        warns.append(finding("/bf16", "hardware", "bf16 on a CPU-only machine: transformers refuses it unless "
+                             "use_cpu is true (`prefpilot train` sets use_cpu itself without CUDA; a config exported "
+                             "for `trl dpo` does not), and with use_cpu it runs as CPU autocast, slow on most CPUs",
                              "set bf16: false (fp32) for CPU runs"))
     if cfg.get("fp16") and not gpu:
         errs.append(finding("/fp16", "hardware", "fp16 mixed precision needs a GPU", "set fp16: false"))
@@ -289,7 +293,8 @@ def _ignored_option_warnings(cfg: dict, raw: dict, method: str) -> list:
         out.append(finding("/label_smoothing", "ignored", f"label_smoothing {ls:g} has no effect with loss_type "
                            f"{losses or ['sigmoid']}: TRL 1.16 reads it only for "
                            f"{', '.join(sorted(LABEL_SMOOTHING_LOSSES))} (an old cDPO config loses it silently)",
-                           "use loss_type: robust for noisy labels, or drop label_smoothing"))
+                           "for noisy labels use loss_type: robust (another estimator than cDPO: an unbiased "
+                           "clean-label loss with no finite optimum margin; re-tune beta), or drop label_smoothing"))
     if raw.get("use_liger_kernel"):
         out.append(finding("/use_liger_kernel", "deprecated", "use_liger_kernel is deprecated in TRL 1.16 (removed in "
                            "2.0) and its fused linear cross-entropy is forced off for DPO",
