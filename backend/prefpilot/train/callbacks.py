@@ -134,10 +134,13 @@ class RunRecorder(TrainerCallback):
     STATUS_EVERY_S = 2.0  # status.json is for pollers; rewriting it every step cost ~6% of a small step
 
     def on_step_end(self, args, state, control, **kw):
+        lease_spent = self.lease_s is not None and not self.lease_spent and self.lease_used() >= self.lease_s
+        if args.world_size > 1:  # every process stops at the same step, whichever of them got the signal
+            STOP["requested"], lease_spent = _agree(args, STOP["requested"], lease_spent)
         if STOP["requested"]:  # a cancel: save a checkpoint at this step, then leave the loop
             control.should_save = True
             control.should_training_stop = True
-        if self.lease_s is not None and not self.lease_spent and self.lease_used() >= self.lease_s:
+        if lease_spent:
             self.lease_spent = True  # the run's lease (max_wall_time) is spent: checkpoint and stop, like a cancel
             control.should_save = True
             control.should_training_stop = True
@@ -154,3 +157,15 @@ class RunRecorder(TrainerCallback):
         eta = (total - done) / rate if rate > 0 else None
         rundir.update_status(self.run_dir, step=done, total_steps=total, percent=round(100 * done / total, 1),
                              eta_seconds=round(eta, 1) if eta is not None else None, lease_used_s=self.lease_used())
+
+
+def _agree(args, *flags: bool) -> list[bool]:
+    """Each flag true on any process is true on all (one small all-reduce per step): a SIGTERM that reached
+    one node a step earlier than another must not leave the other waiting in a collective for ever."""
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=args.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]
