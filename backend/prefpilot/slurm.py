@@ -310,7 +310,9 @@ def cancel(run_dir: Path, jid: str, sched: dict | None, grace: float, wait: bool
         rundir.update_status(d, state="cancelled", finished_at=rundir.now(),
                              error="cancelled before it started (the Slurm job was still pending)")
         return f"Slurm job {jid} was pending: removed from the queue"
-    _slurm(["scancel", "--signal=TERM", jid])  # every task of every step, not the batch shell
+    # every task of every step, not the batch shell; a job whose step has not started yet has no task to signal:
+    # then the grace period runs out and scancel ends it
+    _slurm(["scancel", "--signal=TERM", jid], check=False)
     if not wait:
         import threading
         threading.Thread(target=finish_cancel, args=(d, jid, grace), daemon=True).start()
