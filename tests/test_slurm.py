@@ -226,3 +226,27 @@ def test_mcp_launches_and_follows_a_slurm_run(cluster, tiny, tmp_path):
             assert "of world size 2 on node n2" in "".join(c.text for c in log.content)
     assert (ws / "runs" / run_id / "job.sbatch").is_file()
     wait_for(lambda: not cluster.squeue(), 60, "the job to leave the queue")
+
+
+def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
+    """What preemption does to a job: Slurm stops it (SIGTERM to every task: the trainer checkpoints) and queues it
+    again; the restarted job (SLURM_RESTART_COUNT 1) resumes from the checkpoint into the same run dir."""
+    root = tmp_path / "runs"
+    run_id = runs.launch(config(tiny, max_steps=100, learning_rate=1e-4), root, launch_options=SLURM_2)
+    jid = runs.status(run_id, root)["job_id"]
+    wait_for(lambda: (rundir.last_metrics(root / run_id) or {}).get("step", 0) >= 10, what="10 steps")
+    subprocess.run(["scontrol", "requeue", jid], env=cluster.env, check=True, capture_output=True, timeout=30)
+    # Slurm holds a requeued job back for a while (BeginTime): the run reads queued with that reason meanwhile
+    s = wait_for(lambda: (s := runs.status(run_id, root))["scheduler"].get("reason") == "BeginTime" and s, 60,
+                 "the requeued job to wait")
+    assert s["state"] == "queued" and s["requeued_at"] and s["scheduler"]["state"] == "pending"
+    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=cluster.env, check=True,
+                   capture_output=True, timeout=30)  # rather than wait out the delay
+    # between the stop and the restart the run reads queued again (status.json said cancelled, Slurm pends it)
+    final = wait_for(lambda: (s := runs.status(run_id, root))["state"] in ("completed", "failed") and s, 240,
+                     "the requeued job to finish")
+    assert final["state"] == "completed", runs.logs(run_id, root, tail=80)
+    log = runs.logs(run_id, root, tail=3000)
+    assert f"prefpilot: job {jid} on n[1-2]" in log and "restart 1" in log and "resuming from checkpoint-" in log
+    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 101))
+    assert [j["job_id"] for j in slurm.read(root / run_id)["jobs"]] == [jid]  # the same job, not a resume
