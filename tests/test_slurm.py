@@ -106,6 +106,19 @@ def test_launch_options_time_limit_and_script():
     subprocess.run(["bash", "-n"], input=s, text=True, check=True)
 
 
+def test_fsdp_or_deepspeed_file_reaches_every_node(tmp_path, monkeypatch):
+    (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\n")
+    monkeypatch.chdir(tmp_path)
+    opts = slurm.launch_options({"backend": "slurm", "nodes": 2, "gpus_per_node": 8, "fsdp_config_file": "fsdp.yaml"})
+    assert opts["fsdp_config_file"] == str(tmp_path / "fsdp.yaml")  # absolute: the nodes start elsewhere
+    for bad in ({"fsdp_config_file": "missing.yaml"}, {"fsdp_config_file": "fsdp.yaml", "deepspeed_config_file": "x"}):
+        with pytest.raises(PrefpilotError):
+            slurm.launch_options({"backend": "slurm", **bad})
+    s = slurm_script("/r/config.yaml", "/r", nodes=2, gpus_per_node=8, fsdp=opts["fsdp_config_file"],
+                     run_manager=True)
+    assert f"--use_fsdp --config_file {tmp_path / 'fsdp.yaml'}" in s and "--multi_gpu" not in s
+
+
 def test_launch_block_is_prefpilot_only(tiny):
     from prefpilot.config.export import export_trl
     from prefpilot.config.validate import validate
@@ -210,6 +223,10 @@ def test_mcp_launches_and_follows_a_slurm_run(cluster, tiny, tmp_path):
     cfg = {**config("model", max_steps=5), "launch": {"backend": "slurm", "nodes": 2, "gpus_per_node": 0}}
     with start_blocking_portal() as portal:
         with portal.wrap_async_context_manager(Client(params, read_timeout_seconds=120)) as client:
+            # a sharding config file is a path like any other: outside the workspace it is refused
+            bad = {**cfg, "launch": {**cfg["launch"], "fsdp_config_file": "/etc/passwd"}}
+            r = portal.call(client.call_tool, "launch_run", {"config": bad})
+            assert r.is_error and "workspace" in r.content[0].text, r.content
             r = portal.call(client.call_tool, "launch_run", {"config": cfg})
             assert not r.is_error, r.content
             run_id = r.structured_content["run_id"]

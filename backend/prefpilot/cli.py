@@ -264,7 +264,8 @@ def cmd_runs(args) -> int:
         from .config import load_config
         try:
             overrides = {"backend": args.backend, "nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
-                         "partition": args.partition, "time": args.time, "account": args.account}
+                         "partition": args.partition, "time": args.time, "account": args.account,
+                         "fsdp_config_file": args.fsdp, "deepspeed_config_file": args.deepspeed}
             run_id = runs.launch(load_config(args.config), root, max_bad_rows=args.max_bad_rows,
                                  launch_options={k: v for k, v in overrides.items() if v is not None})
         except PrefpilotError as exc:
@@ -624,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--partition", help="Slurm partition")
     g.add_argument("--time", help="Slurm time limit (default: max_wall_time plus 10 minutes)")
     g.add_argument("--account", help="Slurm account")
+    sharding = g.add_mutually_exclusive_group()
+    sharding.add_argument("--fsdp", metavar="CONFIG", help="accelerate config file with FSDP settings (Slurm)")
+    sharding.add_argument("--deepspeed", metavar="CONFIG", help="DeepSpeed JSON config (Slurm)")
     g.add_argument("--json", action="store_true", help=JSON_HELP)
     for name, helptext in (("status", "state, progress, ETA, last metrics, live findings, error"),
                            ("cancel", "checkpoint and stop a run (kill after --grace seconds)"),

@@ -166,7 +166,7 @@ def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_row
     --backend/--nodes/...) on top; backend slurm submits a batch job (slurm.py) instead of a local process."""
     from .config.validate import validate
     from . import slurm
-    opts = slurm.launch_options(config.get("launch"), launch_options)
+    opts = slurm.launch_options(config.get("launch"), launch_options, base=Path(base or ".").resolve())
     config = _absolutise_paths(config, Path(base or ".").resolve())
     # locally it trains here, so memory must fit this machine; on Slurm it is checked on the node
     report = validate(config, local=opts["backend"] == "local")
@@ -187,6 +187,8 @@ def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_row
         else:  # pragma: no cover - 10 collisions of 24 random bits in the same second
             raise PrefpilotError(f"could not create a new run dir under {root}", code="run_dir_collision")
         cfg, secrets = split_secrets(config)  # a token goes to the trainer's environment, not into config.yaml
+        if "launch" in cfg or opts["backend"] != "local":
+            cfg["launch"] = opts  # what this run was started with (flags included, files made absolute)
         with rundir.run_lock(d):
             (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
             rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())

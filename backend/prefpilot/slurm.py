@@ -26,7 +26,9 @@ from .errors import PrefpilotError
 SLURM_FILE = "slurm.json"
 SCRIPT_FILE = "job.sbatch"
 BACKENDS = ("local", "slurm")
-LAUNCH_KEYS = ("backend", "nodes", "gpus_per_node", "partition", "time", "account", "requeue")
+LAUNCH_KEYS = ("backend", "nodes", "gpus_per_node", "partition", "time", "account", "requeue", "fsdp_config_file",
+               "deepspeed_config_file")
+SHARDING_KEYS = ("fsdp_config_file", "deepspeed_config_file")  # files: accelerate's FSDP config, DeepSpeed's JSON
 WORD = re.compile(r"^[A-Za-z0-9._:+\-]{1,64}$")
 TIME = re.compile(r"^(\d{1,6}|\d{1,6}:\d{1,2}|\d{1,6}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}){0,2})$")
 MAX_NODES = 4096
@@ -43,9 +45,10 @@ FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPT
 
 
 # ----------------------------------------------------------------------------- options
-def launch_options(block, overrides: dict | None = None) -> dict:
+def launch_options(block, overrides: dict | None = None, base: str | Path | None = None) -> dict:
     """The run's ``launch:`` block with the caller's overrides (CLI flags) on top, checked: a backend, and for
-    Slurm node/GPU counts and plain words for partition/account/time (they go into #SBATCH lines)."""
+    Slurm node/GPU counts and plain words for partition/account/time (they go into #SBATCH lines). An FSDP or
+    DeepSpeed config file is made absolute against ``base`` (the nodes start elsewhere) and must exist."""
     opts = dict(block) if isinstance(block, dict) else {}
     if block is not None and not isinstance(block, dict):
         raise PrefpilotError("launch: must be a mapping such as {backend: slurm, nodes: 2}", code="bad_launch")
@@ -77,6 +80,18 @@ def launch_options(block, overrides: dict | None = None) -> dict:
                              "D-HH:MM:SS", code="bad_launch")
     if not isinstance(opts.get("requeue", True), bool):
         raise PrefpilotError("launch.requeue must be true or false", code="bad_launch")
+    files = [k for k in SHARDING_KEYS if opts.get(k) is not None]
+    if len(files) > 1:
+        raise PrefpilotError("launch: fsdp_config_file or deepspeed_config_file, not both", code="bad_launch")
+    for key in files:
+        v = opts[key]
+        if not isinstance(v, str) or not v or any(c in v for c in "\n\r\0"):
+            raise PrefpilotError(f"launch.{key} must be a file path", code="bad_launch")
+        path = Path(v).expanduser()
+        path = (path if path.is_absolute() else Path(base or ".") / path).resolve()
+        if not path.is_file():
+            raise PrefpilotError(f"launch.{key} {v!r}: no such file", code="bad_launch")
+        opts[key] = str(path)
     opts.setdefault("nodes", 1)
     opts.setdefault("gpus_per_node", 0 if shutil.which("nvidia-smi") is None else 1)
     opts.setdefault("requeue", True)
@@ -168,6 +183,7 @@ def submit(run_dir: Path, opts: dict, config: dict, *, resume: bool = False, sec
                           time_limit=limit, partition=opts.get("partition"), account=opts.get("account"),
                           python=sys.executable, output=str(d).replace("%", "%%") + "/train.log", resume=resume,
                           signal_before_s=signal_lead(limit), requeue=bool(opts.get("requeue", True)),
+                          fsdp=opts.get("fsdp_config_file"), deepspeed=opts.get("deepspeed_config_file"),
                           run_manager=True, max_bad_rows=max_bad_rows)
     rundir.write_text_atomic(d / SCRIPT_FILE, script)
     env = {**os.environ, **(secrets or {})}

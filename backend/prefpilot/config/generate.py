@@ -90,6 +90,12 @@ PREFPILOT_FIELDS = {
                                     "plus 10 minutes; SIGTERM goes out up to 2 minutes before it (checkpoint, stop)"},
             "requeue": {"type": "boolean", "default": True,
                         "description": "a requeued or preempted job continues from its checkpoint"},
+            "fsdp_config_file": {"type": "string", "minLength": 1,
+                                 "description": "an accelerate config file with FSDP settings, passed to every "
+                                                "node's accelerate launch (e.g. TRL's fsdp2.yaml)"},
+            "deepspeed_config_file": {"type": "string", "minLength": 1,
+                                      "description": "a DeepSpeed JSON config (e.g. ZeRO-3), passed to every node's "
+                                                     "accelerate launch"},
         },
     },
     "max_wall_time": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS, "x-code": "range",
