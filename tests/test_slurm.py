@@ -119,6 +119,21 @@ def test_fsdp_or_deepspeed_file_reaches_every_node(tmp_path, monkeypatch):
     assert f"--use_fsdp --config_file {tmp_path / 'fsdp.yaml'}" in s and "--multi_gpu" not in s
 
 
+def test_status_of_a_slurm_run_imports_no_torch_and_survives_no_controller(tmp_path):
+    """The run manager stays light with Slurm too; a controller that does not answer never ends a run."""
+    d = tmp_path / "runs" / "20261207-000000-dpo-x-0123456789abcdef"
+    d.mkdir(parents=True)
+    rundir.update_status(d, state="running", backend="slurm")
+    (d / "slurm.json").write_text(json.dumps({"backend": "slurm", "job_id": "4242", "jobs": []}))
+    code = ("import sys, json; from prefpilot import runs; "
+            f"s = runs.status({d.name!r}, {str(tmp_path / 'runs')!r}); "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'state': s['state'], 'sched': s['scheduler']}))")
+    env = {**os.environ, "SLURM_CONF": str(tmp_path / "no-such.conf")}
+    out = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                    timeout=60, check=True).stdout)
+    assert out["torch"] is False and out["state"] == "running" and out["sched"]["state"] == "unreachable", out
+
+
 def test_launch_block_is_prefpilot_only(tiny):
     from prefpilot.config.export import export_trl
     from prefpilot.config.validate import validate
@@ -131,6 +146,7 @@ def test_launch_block_is_prefpilot_only(tiny):
 
 
 # ----------------------------------------------------------------------------- on the cluster
+@pytest.mark.slow
 def test_two_node_run_completes_through_slurm(cluster, tiny, tmp_path):
     root = tmp_path / "runs"
     cfg = tmp_path / "c.yaml"
@@ -165,6 +181,7 @@ def test_two_node_run_completes_through_slurm(cluster, tiny, tmp_path):
     assert run_id in st.stdout and f"slurm job {jid}" in st.stdout
 
 
+@pytest.mark.slow
 def test_cancel_checkpoints_then_resume_is_a_new_job(cluster, tiny, tmp_path):
     root = tmp_path / "runs"
     run_id = runs.launch(config(tiny, max_steps=100, learning_rate=1e-4), root, launch_options=SLURM_2)
@@ -187,6 +204,7 @@ def test_cancel_checkpoints_then_resume_is_a_new_job(cluster, tiny, tmp_path):
     wait_for(lambda: not cluster.squeue(), 60, "the job to leave the queue")
 
 
+@pytest.mark.slow
 def test_a_job_that_cannot_start_is_pending_with_its_reason(cluster, tiny, tmp_path, capsys):
     root = tmp_path / "runs"
     # partition `one` has one node: a 2-node job there waits (PartitionConfig)
@@ -209,6 +227,7 @@ def test_a_job_that_cannot_start_is_pending_with_its_reason(cluster, tiny, tmp_p
     assert s["job_id"] not in cluster.squeue()
 
 
+@pytest.mark.slow
 def test_mcp_launches_and_follows_a_slurm_run(cluster, tiny, tmp_path):
     from anyio.from_thread import start_blocking_portal
     from mcp import Client
@@ -245,6 +264,7 @@ def test_mcp_launches_and_follows_a_slurm_run(cluster, tiny, tmp_path):
     wait_for(lambda: not cluster.squeue(), 60, "the job to leave the queue")
 
 
+@pytest.mark.slow
 def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
     """What preemption does to a job: Slurm stops it (SIGTERM to every task: the trainer checkpoints) and queues it
     again; the restarted job (SLURM_RESTART_COUNT 1) resumes from the checkpoint into the same run dir."""

@@ -35,7 +35,8 @@ MAX_NODES = 4096
 MAX_GPUS_PER_NODE = 64
 START_MARGIN_S = 600  # --time from max_wall_time: the lease plus start-up (model load) and the final save
 SIGNAL_BEFORE_S = 120  # SIGTERM this long before the time limit: the trainer checkpoints and stops
-CMD_TIMEOUT_S = 30
+CMD_TIMEOUT_S = 30  # sbatch, scancel
+QUERY_TIMEOUT_S = 10  # scontrol/sacct for a status: a controller that does not answer must not stall a listing
 
 # Slurm job states (squeue/scontrol/sacct long names) -> what the run manager calls them
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
@@ -153,16 +154,16 @@ def job_id(run_dir: Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------- commands
-def _slurm(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+def _slurm(argv: list[str], check: bool = True, timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
     exe = shutil.which(argv[0])
     if exe is None:
         raise PrefpilotError(f"{argv[0]} not found: Slurm's client commands must be on PATH (on a login node of "
                              "the cluster, or `apt-get install slurm-client`)", code="slurm_unavailable")
     try:
-        r = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=CMD_TIMEOUT_S,
+        r = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout,
                            stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise PrefpilotError(f"{argv[0]} did not answer in {CMD_TIMEOUT_S} s (is slurmctld up?)",
+        raise PrefpilotError(f"{argv[0]} did not answer in {timeout:g} s (is slurmctld up? is SLURM_CONF right?)",
                              code="slurm_unavailable") from None
     if check and r.returncode != 0:
         raise PrefpilotError(f"{' '.join(argv[:2])} failed: {(r.stderr or r.stdout).strip()[-500:]}",
@@ -225,7 +226,7 @@ def job_state(jid: str) -> dict:
     out = {"job_id": jid, "state": "unreachable", "slurm_state": None, "reason": None, "nodes": [],
            "exit_code": None}
     try:
-        r = _slurm(["scontrol", "show", "job", "-o", jid], check=False)
+        r = _slurm(["scontrol", "show", "job", "-o", jid], check=False, timeout=QUERY_TIMEOUT_S)
     except PrefpilotError as exc:
         return {**out, "error": str(exc)}
     f = _fields(r.stdout) if r.returncode == 0 else {}
@@ -250,7 +251,8 @@ def job_state(jid: str) -> dict:
 
 def _sacct(jid: str) -> dict:
     try:
-        r = _slurm(["sacct", "-n", "-X", "-P", "-j", jid, "-o", "State,ExitCode,NodeList,Reason"], check=False)
+        r = _slurm(["sacct", "-n", "-X", "-P", "-j", jid, "-o", "State,ExitCode,NodeList,Reason"], check=False,
+                   timeout=QUERY_TIMEOUT_S)
     except PrefpilotError:
         return {}
     line = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
@@ -262,7 +264,7 @@ def _sacct(jid: str) -> dict:
 
 def hostnames(nodelist: str) -> list[str]:
     try:
-        r = _slurm(["scontrol", "show", "hostnames", nodelist], check=False)
+        r = _slurm(["scontrol", "show", "hostnames", nodelist], check=False, timeout=QUERY_TIMEOUT_S)
     except PrefpilotError:
         return [nodelist]
     return r.stdout.split() if r.returncode == 0 and r.stdout.strip() else [nodelist]
