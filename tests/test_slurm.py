@@ -287,3 +287,18 @@ def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
     assert f"prefpilot: job {jid} on n[1-2]" in log and "restart 1" in log and "resuming from checkpoint-" in log
     assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 101))
     assert [j["job_id"] for j in slurm.read(root / run_id)["jobs"]] == [jid]  # the same job, not a resume
+
+
+@pytest.mark.slow
+def test_a_stop_by_the_live_diagnosis_stops_every_node(cluster, tiny, tmp_path):
+    """Only rank 0 diagnoses; the other node learns of the stop at the next step, so both save and leave the loop
+    together instead of one waiting for ever in a collective."""
+    root = tmp_path / "runs"
+    cfg = config(tiny, max_steps=200, learning_rate=1e-4, diagnose={"stop_on": "warning", "min_steps": 0, "every_s": 0.01})
+    run_id = runs.launch(cfg, root, launch_options=SLURM_2)
+    jid = runs.status(run_id, root)["job_id"]
+    final = wait_for(lambda: finished(run_id, root), what="the run to stop")
+    assert final["state"] == "failed" and "stopped by the live diagnosis" in final["error"], final
+    assert final["stopped_by"]["severity"] in ("warning", "error") and final["checkpoint"]
+    wait_for(lambda: jid not in cluster.squeue(), 60, "the job to leave the queue")  # no rank left hanging
+    assert rundir.checkpoint_step(final["checkpoint"]) < 200
