@@ -302,3 +302,18 @@ def test_a_stop_by_the_live_diagnosis_stops_every_node(cluster, tiny, tmp_path):
     assert final["stopped_by"]["severity"] in ("warning", "error") and final["checkpoint"]
     wait_for(lambda: jid not in cluster.squeue(), 60, "the job to leave the queue")  # no rank left hanging
     assert rundir.checkpoint_step(final["checkpoint"]) < 200
+
+
+@pytest.mark.slow
+def test_a_job_killed_by_slurm_fails_the_run_with_slurms_state(cluster, tiny, tmp_path):
+    """SIGKILL from the scheduler (what a node failure or an admin's kill looks like): the trainer writes nothing,
+    and the run is failed from Slurm's own record of the job, with the log's tail."""
+    root = tmp_path / "runs"
+    run_id = runs.launch(config(tiny, max_steps=400, learning_rate=1e-4), root, launch_options=SLURM_2)
+    jid = runs.status(run_id, root)["job_id"]
+    wait_for(lambda: (rundir.last_metrics(root / run_id) or {}).get("step", 0) >= 5, what="5 steps")
+    subprocess.run(["scancel", "--signal=KILL", jid], env=cluster.env, check=True, capture_output=True, timeout=30)
+    final = wait_for(lambda: finished(run_id, root), 60, "the run to be settled")
+    assert final["state"] == "failed" and f"Slurm job {jid} ended" in final["error"], final
+    assert "without the trainer writing a final state" in final["error"] and final["log_tail"]
+    assert final["scheduler"]["state"] == "finished" and final["scheduler"]["slurm_state"] in ("CANCELLED", "FAILED")
