@@ -192,7 +192,11 @@ def test_cancel_checkpoints_then_resume_is_a_new_job(cluster, tiny, tmp_path):
     ck = s["checkpoint"]
     assert ck and rundir.checkpoint_step(ck) >= 10 and first not in cluster.squeue()
     log = runs.logs(run_id, root, tail=500)
-    assert log.count("stop requested; saving a checkpoint after this step") == 2  # both nodes, one step
+    # each rank says so when the signal finds it in the loop; one that learned it from the step's agreement first
+    # stays silent. Either way one checkpoint, of one step, for both
+    assert 1 <= log.count("stop requested; saving a checkpoint after this step") <= 2
+    assert [p.name for p in (root / run_id / "checkpoints").iterdir() if p.name.startswith("checkpoint-")] == \
+        [os.path.basename(ck)]
     r = runs.resume(run_id, root)
     second = r["job_id"]
     assert second != first and r["state"] in runs.ACTIVE and r["resumed_from"] == ck
