@@ -125,7 +125,7 @@ def test_status_of_a_slurm_run_imports_no_torch_and_survives_no_controller(tmp_p
     d.mkdir(parents=True)
     rundir.update_status(d, state="running", backend="slurm")
     (d / "slurm.json").write_text(json.dumps({"backend": "slurm", "job_id": "4242", "jobs": []}))
-    code = ("import sys, json; from prefpilot import runs; "
+    code = ("import sys, json; from prefpilot import runs, slurm; slurm.QUERY_TIMEOUT_S = 2; "
             f"s = runs.status({d.name!r}, {str(tmp_path / 'runs')!r}); "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'state': s['state'], 'sched': s['scheduler']}))")
     env = {**os.environ, "SLURM_CONF": str(tmp_path / "no-such.conf")}
@@ -184,7 +184,7 @@ def test_two_node_run_completes_through_slurm(cluster, tiny, tmp_path):
 @pytest.mark.slow
 def test_cancel_checkpoints_then_resume_is_a_new_job(cluster, tiny, tmp_path):
     root = tmp_path / "runs"
-    run_id = runs.launch(config(tiny, max_steps=100, learning_rate=1e-4), root, launch_options=SLURM_2)
+    run_id = runs.launch(config(tiny, max_steps=60, learning_rate=1e-4), root, launch_options=SLURM_2)
     first = runs.status(run_id, root)["job_id"]
     wait_for(lambda: (rundir.last_metrics(root / run_id) or {}).get("step", 0) >= 10, what="10 steps")
     s = runs.cancel(run_id, root, grace=60)
@@ -202,7 +202,7 @@ def test_cancel_checkpoints_then_resume_is_a_new_job(cluster, tiny, tmp_path):
     assert second != first and r["state"] in runs.ACTIVE and r["resumed_from"] == ck
     final = wait_for(lambda: finished(run_id, root), what="the resumed run to finish")
     assert final["state"] == "completed", runs.logs(run_id, root, tail=60)
-    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 101))
+    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 61))
     assert f"resuming from {os.path.basename(ck)}" in runs.logs(run_id, root, tail=2000)
     assert [j["job_id"] for j in slurm.read(root / run_id)["jobs"]] == [first, second]
     wait_for(lambda: not cluster.squeue(), 60, "the job to leave the queue")
@@ -273,7 +273,7 @@ def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
     """What preemption does to a job: Slurm stops it (SIGTERM to every task: the trainer checkpoints) and queues it
     again; the restarted job (SLURM_RESTART_COUNT 1) resumes from the checkpoint into the same run dir."""
     root = tmp_path / "runs"
-    run_id = runs.launch(config(tiny, max_steps=100, learning_rate=1e-4), root, launch_options=SLURM_2)
+    run_id = runs.launch(config(tiny, max_steps=60, learning_rate=1e-4), root, launch_options=SLURM_2)
     jid = runs.status(run_id, root)["job_id"]
     wait_for(lambda: (rundir.last_metrics(root / run_id) or {}).get("step", 0) >= 10, what="10 steps")
     subprocess.run(["scontrol", "requeue", jid], env=cluster.env, check=True, capture_output=True, timeout=30)
@@ -289,7 +289,7 @@ def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
     assert final["state"] == "completed", runs.logs(run_id, root, tail=80)
     log = runs.logs(run_id, root, tail=3000)
     assert f"prefpilot: job {jid} on n[1-2]" in log and "restart 1" in log and "resuming from checkpoint-" in log
-    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 101))
+    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 61))
     assert [j["job_id"] for j in slurm.read(root / run_id)["jobs"]] == [jid]  # the same job, not a resume
 
 
