@@ -229,6 +229,12 @@ def test_a_job_that_cannot_start_is_pending_with_its_reason(cluster, tiny, tmp_p
     c = runs.cancel(run_id, root)
     assert c["state"] == "cancelled" and "before it started" in c["error"]
     assert s["job_id"] not in cluster.squeue()
+    # a job sbatch refuses: the run is failed with Slurm's words, never left queued
+    with pytest.raises(PrefpilotError) as e:
+        runs.launch(config(tiny, max_steps=5), root, launch_options={**SLURM_2, "partition": "nosuch"})
+    assert e.value.code == "slurm_error" and "partition" in str(e.value).lower()
+    failed = [r for r in runs.list_runs(root) if r["state"] == "failed"]
+    assert len(failed) == 1 and failed[0]["backend"] == "slurm" and "sbatch refused" in failed[0]["error"]
 
 
 @pytest.mark.slow

@@ -187,6 +187,11 @@ def submit(run_dir: Path, opts: dict, config: dict, *, resume: bool = False, sec
                           fsdp=opts.get("fsdp_config_file"), deepspeed=opts.get("deepspeed_config_file"),
                           run_manager=True, max_bad_rows=max_bad_rows)
     rundir.write_text_atomic(d / SCRIPT_FILE, script)
+    data = read(d)
+    jobs = [j for j in data.get("jobs", []) if isinstance(j, dict)]
+    # the options first: a run whose submission fails is still a Slurm run (a resume submits it again); no job id
+    # while sbatch runs, so a status read meanwhile does not judge a resumed run by its previous, finished job
+    rundir.write_json_atomic(d / SLURM_FILE, {"backend": "slurm", "options": opts, "job_id": None, "jobs": jobs})
     env = {**os.environ, **(secrets or {})}
     exe = shutil.which("sbatch")
     if exe is None:
@@ -202,8 +207,6 @@ def submit(run_dir: Path, opts: dict, config: dict, *, resume: bool = False, sec
     jid = r.stdout.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
     if not jid.isdigit():
         raise PrefpilotError(f"sbatch answered {r.stdout.strip()[:200]!r}, not a job id", code="slurm_error")
-    data = read(d)
-    jobs = [j for j in data.get("jobs", []) if isinstance(j, dict)]
     jobs.append({"job_id": jid, "submitted_at": rundir.now(), "resume": resume, "time": limit})
     rundir.write_json_atomic(d / SLURM_FILE, {"backend": "slurm", "options": opts, "job_id": jid, "jobs": jobs})
     rundir.update_status(d, backend="slurm", job_id=jid)
