@@ -235,6 +235,13 @@ def test_a_job_that_cannot_start_is_pending_with_its_reason(cluster, tiny, tmp_p
     assert e.value.code == "slurm_error" and "partition" in str(e.value).lower()
     failed = [r for r in runs.list_runs(root) if r["state"] == "failed"]
     assert len(failed) == 1 and failed[0]["backend"] == "slurm" and "sbatch refused" in failed[0]["error"]
+    # GPUs asked of a config that trains on the CPU: the CLI says so (and this cluster has no GPU to give)
+    cfg = tmp_path / "cpu.yaml"
+    cfg.write_text(yaml.safe_dump(config(tiny, max_steps=5, use_cpu=True)))
+    r = subprocess.run([sys.executable, "-m", "prefpilot.cli", "runs", "--root", str(root), "launch", str(cfg),
+                        "--backend", "slurm", "--gpus-per-node", "1"], capture_output=True, text=True, timeout=120)
+    assert "use_cpu: true" in r.stderr and "1 node(s) × 1 GPU(s)" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "sbatch refused the job" in r.stderr  # no gres here: nothing left queued
 
 
 @pytest.mark.slow

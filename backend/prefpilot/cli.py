@@ -266,8 +266,15 @@ def cmd_runs(args) -> int:
             overrides = {"backend": args.backend, "nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
                          "partition": args.partition, "time": args.time, "account": args.account,
                          "fsdp_config_file": args.fsdp, "deepspeed_config_file": args.deepspeed}
-            run_id = runs.launch(load_config(args.config), root, max_bad_rows=args.max_bad_rows,
-                                 launch_options={k: v for k, v in overrides.items() if v is not None})
+            config = load_config(args.config)
+            overrides = {k: v for k, v in overrides.items() if v is not None}
+            from .slurm import launch_options
+            opts = launch_options(config.get("launch"), overrides, base=os.getcwd())
+            if opts["backend"] == "slurm" and opts.get("gpus_per_node") and config.get("use_cpu"):
+                print(f"warning: {args.config} sets use_cpu: true, but the job requests {opts['nodes']} node(s) × "
+                      f"{opts['gpus_per_node']} GPU(s) that the run would leave idle; drop use_cpu for a GPU cluster "
+                      "(or pass --gpus-per-node 0 for CPU nodes)", file=sys.stderr)
+            run_id = runs.launch(config, root, max_bad_rows=args.max_bad_rows, launch_options=overrides)
         except PrefpilotError as exc:
             if exc.details:
                 print(f"{args.config}: INVALID, nothing was started\n{format_findings(exc.details)}", file=sys.stderr)
