@@ -241,6 +241,13 @@ def format_status(s: dict) -> str:
     if s.get("verdict") or live:
         lines.append(f"  live diagnosis: {s.get('verdict', '?')}" + (
             "; " + ", ".join(f"{f['id']} ({f['severity']})" for f in live) if live else ""))
+    sched = s.get("scheduler") or {}
+    if s.get("job_id"):
+        where = {"pending": f"pending ({sched.get('reason') or 'no reason given'})",
+                 "running": f"{(sched.get('slurm_state') or 'running').lower()} on {', '.join(sched.get('nodes') or []) or '?'}",
+                 "finished": f"{(sched.get('slurm_state') or 'finished').lower()}, exit code {sched.get('exit_code')}",
+                 }.get(sched.get("state"), sched.get("state") or "not asked (the run has ended)")
+        lines.append(f"  Slurm job {s['job_id']}: {where}")
     if s.get("error"):
         lines.append(f"  error: {s['error']}")
     if s.get("checkpoint") and s.get("state") in ("failed", "cancelled"):  # a finished run has nothing to resume
@@ -256,21 +263,35 @@ def cmd_runs(args) -> int:
     if args.runs_cmd == "launch":
         from .config import load_config
         try:
-            run_id = runs.launch(load_config(args.config), root, max_bad_rows=args.max_bad_rows)
+            overrides = {"backend": args.backend, "nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
+                         "partition": args.partition, "time": args.time, "account": args.account,
+                         "fsdp_config_file": args.fsdp, "deepspeed_config_file": args.deepspeed}
+            config = load_config(args.config)
+            overrides = {k: v for k, v in overrides.items() if v is not None}
+            from .slurm import launch_options
+            opts = launch_options(config.get("launch"), overrides, base=os.getcwd())
+            if opts["backend"] == "slurm" and opts.get("gpus_per_node") and config.get("use_cpu"):
+                print(f"warning: {args.config} sets use_cpu: true, but the job requests {opts['nodes']} node(s) × "
+                      f"{opts['gpus_per_node']} GPU(s) that the run would leave idle; drop use_cpu for a GPU cluster "
+                      "(or pass --gpus-per-node 0 for CPU nodes)", file=sys.stderr)
+            run_id = runs.launch(config, root, max_bad_rows=args.max_bad_rows, launch_options=overrides)
         except PrefpilotError as exc:
             if exc.details:
                 print(f"{args.config}: INVALID, nothing was started\n{format_findings(exc.details)}", file=sys.stderr)
                 return 1
             raise
         s = runs.status(run_id, root)
-        _print(s, args.json, lambda r: f"launched {run_id}\n  run dir: {r['run_dir']}\n"
+        _print(s, args.json, lambda r: f"launched {run_id}" + (f" as Slurm job {r['job_id']}" if r.get("job_id") else "")
+                                      + f"\n  run dir: {r['run_dir']}\n"
                                       f"  follow: prefpilot runs status {run_id}  |  prefpilot runs logs {run_id}")
     elif args.runs_cmd == "status":
         _print(runs.status(args.run_id, root), args.json, format_status)
     elif args.runs_cmd == "list":
         rows = runs.list_runs(root)
         _print(rows, args.json, lambda rs: "\n".join(
-            f"{r['run_id']:56} {r['state']:10} {r.get('step') or 0:>6}/{r.get('total_steps') or '?'}" for r in rs)
+            f"{r['run_id']:56} {r['state']:10} {r.get('step') or 0:>6}/{r.get('total_steps') or '?'}"
+            + (f"  slurm job {r['job_id']}" + (f" ({r['scheduler_state']})" if r.get("scheduler_state") else "")
+               if r.get("job_id") else "") for r in rs)
             or f"no runs under {runs.runs_root(root)}")
     elif args.runs_cmd == "cancel":
         _print(runs.cancel(args.run_id, root, grace=args.grace), args.json, format_status)
@@ -664,6 +685,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("config", help="the run config (YAML or JSON)")
     g.add_argument("--max-bad-rows", type=NONNEG_INT, default=0,
                    help="drop up to N unusable data rows instead of failing")
+    g.add_argument("--backend", choices=["local", "slurm"],
+                   help="local: a detached process here (default); slurm: an sbatch job (overrides the config's launch:)")
+    g.add_argument("--nodes", type=POSITIVE_INT, help="Slurm nodes (default 1); ranks and addresses come from Slurm")
+    g.add_argument("--gpus-per-node", type=NONNEG_INT,
+                   help="GPUs and processes per Slurm node (0: CPU, one process per node)")
+    g.add_argument("--partition", help="Slurm partition")
+    g.add_argument("--time", help="Slurm time limit (default: max_wall_time plus 10 minutes)")
+    g.add_argument("--account", help="Slurm account")
+    sharding = g.add_mutually_exclusive_group()
+    sharding.add_argument("--fsdp", metavar="CONFIG", help="accelerate config file with FSDP settings (Slurm)")
+    sharding.add_argument("--deepspeed", metavar="CONFIG", help="DeepSpeed JSON config (Slurm)")
     g.add_argument("--json", action="store_true", help=JSON_HELP)
     for name, helptext in (("status", "state, progress, ETA, last metrics, live findings, error"),
                            ("cancel", "checkpoint and stop a run (kill after --grace seconds)"),

@@ -145,6 +145,9 @@ class RunStatus(TypedDict, total=False):
     resumed_from: str | None
     findings: list[dict[str, Any]] | None      # live diagnosis of the history so far
     stopped_by: dict[str, Any] | None          # the finding that stopped the run (config diagnose.stop_on)
+    backend: str | None                        # local, or slurm
+    job_id: str | None                         # the Slurm job of the run's latest submission
+    scheduler: dict[str, Any] | None           # Slurm's view: pending (reason) / running (nodes) / finished (exit)
 
 
 class RunPage(TypedDict):
@@ -432,7 +435,10 @@ def build_server(ws: Workspace) -> MCPServer:
         """Validate a config and start training in the background; returns run_id at once.
 
         An invalid config is refused with the validator's errors. dry_run=true only validates.
-        Follow with run_status(run_id); the run keeps going if this server restarts."""
+        Where it trains: the config's launch block, e.g. launch: {backend: slurm, nodes: 2, gpus_per_node: 8,
+        partition: gpu} submits a Slurm batch job (one accelerate launch per node, ranks from Slurm); without
+        it, a process on this machine. Follow with run_status(run_id) (for Slurm: pending with its reason,
+        running on which nodes); the run keeps going if this server restarts."""
         from . import runs
         from .config.validate import validate
         cfg = ws.confine_config(_one_config(config, yaml))

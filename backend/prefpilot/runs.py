@@ -43,7 +43,7 @@ def check_run_id(run_id) -> str:
     return run_id
 
 
-RUN_FILES = ("status.json", "train.log", "metrics.jsonl", "config.yaml")
+RUN_FILES = ("status.json", "train.log", "metrics.jsonl", "config.yaml", "slurm.json", "job.sbatch")
 
 
 def run_path(run_id: str, root: str | Path | None = None, *, must_exist: bool = True) -> Path:
@@ -157,14 +157,19 @@ def _absolutise_paths(config: dict, base: Path) -> dict:
 
 # ----------------------------------------------------------------------------- the API
 def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_rows: int = 0,
-           base: str | Path | None = None, max_active: int | None = None) -> str:
+           base: str | Path | None = None, max_active: int | None = None, launch_options: dict | None = None) -> str:
     """Validate, create the run dir, start training detached; returns the run id at once.
 
     Relative paths in ``config`` are read against ``base`` (default: the current folder). ``max_active``
-    refuses the launch when that many runs are already queued or running under the root."""
+    refuses the launch when that many runs are already queued or running under the root (Slurm jobs pending or
+    running included). Where it trains: the config's ``launch:`` block with ``launch_options`` (the CLI's
+    --backend/--nodes/...) on top; backend slurm submits a batch job (slurm.py) instead of a local process."""
     from .config.validate import validate
+    from . import slurm
+    opts = slurm.launch_options(config.get("launch"), launch_options, base=Path(base or ".").resolve())
     config = _absolutise_paths(config, Path(base or ".").resolve())
-    report = validate(config, local=True)  # it trains here: memory must fit
+    # locally it trains here, so memory must fit this machine; on Slurm it is checked on the node
+    report = validate(config, local=opts["backend"] == "local")
     if not report["valid"]:
         msg = "; ".join(f"{e['path'] or '/'}: {e['message']}" for e in report["errors"])
         raise PrefpilotError(f"invalid config, nothing was started: {msg}", code="invalid_config", details=report)
@@ -182,12 +187,29 @@ def launch(config: dict, runs_root_dir: str | Path | None = None, *, max_bad_row
         else:  # pragma: no cover - 10 collisions of 24 random bits in the same second
             raise PrefpilotError(f"could not create a new run dir under {root}", code="run_dir_collision")
         cfg, secrets = split_secrets(config)  # a token goes to the trainer's environment, not into config.yaml
+        if "launch" in cfg or opts["backend"] != "local":
+            cfg["launch"] = opts  # what this run was started with (flags included, files made absolute)
         with rundir.run_lock(d):
             (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
             rundir.update_status(d, run_id=run_id, state="queued", method=report["method"], created_at=rundir.now())
-            args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
-            _start(d, args, secrets)
+            if opts["backend"] == "slurm":
+                _submit(d, opts, cfg, secrets=secrets, max_bad_rows=int(max_bad_rows))
+            else:
+                args = ["--max-bad-rows", str(int(max_bad_rows))] if max_bad_rows else []
+                _start(d, args, secrets)
     return run_id
+
+
+def _submit(d: Path, opts: dict, cfg: dict, *, resume: bool = False, secrets: dict | None = None,
+            max_bad_rows: int = 0, lease_used_s: float = 0.0) -> None:
+    """sbatch the run; a refused submission ends the run 'failed' with Slurm's reason, never 'queued' forever."""
+    from . import slurm
+    try:
+        slurm.submit(d, opts, cfg, resume=resume, secrets=secrets, max_bad_rows=max_bad_rows,
+                     lease_used_s=lease_used_s)
+    except PrefpilotError as exc:
+        rundir.update_status(d, state="failed", finished_at=rundir.now(), backend="slurm", error=str(exc))
+        raise
 
 
 @contextlib.contextmanager
@@ -222,10 +244,14 @@ def status(run_id: str, root: str | Path | None = None, *, settle: bool = True) 
 
     ``settle`` waits 50 ms for a process that is exiting right now to write its final state (a listing
     of thousands of stale runs skips the wait)."""
+    from . import slurm
     d = run_path(run_id, root)
     st = rundir.read_status(d)
+    sched = None
+    if slurm.is_slurm(d):  # the scheduler, not a local pid, says whether the job lives
+        st, sched = slurm.reconcile(d, st, settle=settle)
     # No pid yet = launch() is between creating the dir and starting the process.
-    if st.get("state") in ACTIVE and st.get("pid") is not None and not is_our_trainer(st, d):
+    elif st.get("state") in ACTIVE and st.get("pid") is not None and not is_our_trainer(st, d):
         if settle:
             time.sleep(0.05)
         st = rundir.read_status(d)  # it may have written its final state as it exited
@@ -240,6 +266,12 @@ def status(run_id: str, root: str | Path | None = None, *, settle: bool = True) 
                                                  "state: repair it, or move this run folder away"}
     out = {"run_id": run_id, "run_dir": str(d), "alive": st.get("state") in ACTIVE, **st,
            "last_metrics": rundir.last_metrics(d)}
+    if slurm.is_slurm(d):
+        out.update(backend="slurm", job_id=slurm.job_id(d))
+        if sched is not None:
+            out["scheduler"] = sched
+    else:
+        out.setdefault("backend", "local")
     if out.get("state") in ("failed", "cancelled"):
         ck = rundir.last_checkpoint(d)
         out["checkpoint"] = str(ck) if ck else None
@@ -255,16 +287,23 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
         for d in base.iterdir():
             if RUN_ID.match(d.name) and (d / "status.json").is_file():
                 s = status(d.name, base, settle=False)
-                out.append({k: s.get(k) for k in ("run_id", "state", "method", "step", "total_steps", "percent",
-                                                  "created_at", "error")})
+                row = {k: s.get(k) for k in ("run_id", "state", "method", "step", "total_steps", "percent",
+                                             "created_at", "error", "backend")}
+                if s.get("backend") == "slurm":
+                    row["job_id"] = s.get("job_id")
+                    row["scheduler_state"] = (s.get("scheduler") or {}).get("state")
+                out.append(row)
     return sorted(out, key=lambda r: r.get("created_at") or "", reverse=True)
 
 
 def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0, wait: bool = True) -> dict:
     """SIGTERM (the trainer checkpoints and stops after the current step), then SIGKILL after ``grace`` s.
 
-    ``wait=False`` returns as soon as the signal is sent (state ``cancelling``; MCP clients time out long
-    before a grace period ends) and finishes the job in a background thread of this process."""
+    A Slurm run gets the same through the scheduler: SIGTERM to the job's tasks, ``scancel`` after ``grace``
+    (a job still pending is simply removed). ``wait=False`` returns as soon as the signal is sent (state
+    ``cancelling``; MCP clients time out long before a grace period ends) and finishes the job in a background
+    thread of this process."""
+    from . import slurm
     d = run_path(run_id, root)
     with rundir.run_lock(d):  # one launch/resume/cancel at a time per run
         st = status(run_id, root)
@@ -273,13 +312,20 @@ def cancel(run_id: str, root: str | Path | None = None, *, grace: float = 60.0, 
         if st.get("cancel_requested_at"):
             # a second SIGTERM would turn the trainer's checkpoint-and-stop into an immediate stop
             return {**st, "note": f"a cancel was already requested at {st['cancel_requested_at']}"}
-        if st.get("pid") is None:  # queued, never spawned (the launcher died): nothing runs
-            rundir.update_status(d, state="cancelled", finished_at=rundir.now(), error="cancelled before it started")
-            return status(run_id, root)
-        if not is_our_trainer(st, d):
-            return {**status(run_id, root), "note": "the process recorded in status.json is not this run's "
-                                                    "trainer: nothing was signalled"}
+        on_slurm = st.get("backend") == "slurm" and st.get("job_id")
+        if not on_slurm:
+            if st.get("pid") is None:  # queued, never spawned (the launcher died): nothing runs
+                rundir.update_status(d, state="cancelled", finished_at=rundir.now(),
+                                     error="cancelled before it started")
+                return status(run_id, root)
+            if not is_our_trainer(st, d):
+                return {**status(run_id, root), "note": "the process recorded in status.json is not this run's "
+                                                        "trainer: nothing was signalled"}
         rundir.update_status(d, cancel_requested_at=rundir.now())
+    if on_slurm:
+        note = slurm.cancel(d, st["job_id"], st.get("scheduler"), grace, wait)
+        out = status(run_id, root)
+        return {**out, "state": "cancelling" if out["state"] in ACTIVE else out["state"], "note": note}
     pid, started = st.get("pid"), st.get("pid_started")
     _signal_group(pid, signal.SIGTERM)
     if not wait:
@@ -344,7 +390,13 @@ def resume(run_id: str, root: str | Path | None = None, *, max_active: int | Non
         rundir.update_status(d, state="queued", error=None, log_tail=None, finished_at=None,
                              resumed_at=rundir.now(), resumed_from=str(ck) if ck else None,
                              cancel_requested_at=None, pid=None, pid_started=None)
-        _start(d, ["--resume"])
+        from . import slurm
+        if slurm.is_slurm(d):  # a new job, same run dir: it continues from the checkpoint
+            cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+            used = st.get("lease_used_s") if isinstance(st.get("lease_used_s"), (int, float)) else 0.0
+            _submit(d, slurm.read(d).get("options") or {"backend": "slurm"}, cfg, resume=True, lease_used_s=used)
+        else:
+            _start(d, ["--resume"])
     return status(run_id, root)
 
 

@@ -71,6 +71,33 @@ PREFPILOT_FIELDS = {
                                "description": "the cap of each greedy completion"},
         },
     },
+    "launch": {
+        "type": "object", "additionalProperties": False,
+        "description": "prefpilot: where `prefpilot runs launch` (and MCP launch_run) starts the run: here (backend "
+                       "local, the default) or as a Slurm batch job; the CLI's --backend/--nodes/... override it",
+        "properties": {
+            "backend": {"enum": ["local", "slurm"], "default": "local",
+                        "description": "local: a detached process here; slurm: sbatch, one accelerate launch per node"},
+            "nodes": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 1,
+                      "description": "Slurm nodes; ranks, main address and port come from Slurm"},
+            "gpus_per_node": {"type": "integer", "minimum": 0, "maximum": 64,
+                              "description": "GPUs (= processes) per node; 0: CPU nodes, one process each (gloo); "
+                                             "default 1 where this machine has nvidia-smi, else 0"},
+            "partition": {"type": "string", "pattern": "^[A-Za-z0-9._:+-]{1,64}$", "description": "Slurm partition"},
+            "account": {"type": "string", "pattern": "^[A-Za-z0-9._:+-]{1,64}$", "description": "Slurm account"},
+            "time": {"type": "string", "pattern": "^[0-9][0-9:-]{0,15}$",
+                     "description": "Slurm time limit (minutes, HH:MM:SS, D-HH:MM:SS); default from max_wall_time "
+                                    "plus 10 minutes; SIGTERM goes out up to 2 minutes before it (checkpoint, stop)"},
+            "requeue": {"type": "boolean", "default": True,
+                        "description": "a requeued or preempted job continues from its checkpoint"},
+            "fsdp_config_file": {"type": "string", "minLength": 1,
+                                 "description": "an accelerate config file with FSDP settings, passed to every "
+                                                "node's accelerate launch (e.g. TRL's fsdp2.yaml)"},
+            "deepspeed_config_file": {"type": "string", "minLength": 1,
+                                      "description": "a DeepSpeed JSON config (e.g. ZeRO-3), passed to every node's "
+                                                     "accelerate launch"},
+        },
+    },
     "max_wall_time": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS, "x-code": "range",
                       "x-message": f"max_wall_time must be a number of seconds > 0 and at most {MAX_SECONDS}",
                       "description": "prefpilot: a lease in seconds of training: once spent, the run saves a checkpoint "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Keys prefpilot adds on top of a TRL CLI config; the trainer strips them.
 PREFPILOT_KEYS = {"method", "hardware", "dataset_path", "model_params", "gamma_beta_ratio", "sft_weight", "simpo_loss",
-                  "diagnose", "max_wall_time", "eval_holdout", "eval"}
+                  "diagnose", "max_wall_time", "eval_holdout", "eval", "launch"}
 
 # SimPO paper defaults (princeton-nlp/SimPO README): β = 2.0, γ/β = 0.5, no SFT term.
 SIMPO_DEFAULT_BETA = 2.0

@@ -51,6 +51,8 @@ class RunRecorder(TrainerCallback):
         self.rows: list[dict] = []
         self.last_diagnosis = 0.0
         self.stopped_by: dict | None = None
+        self.world_size = 1
+        self.stop_pending = False  # several processes: the diagnosis' stop waits for the next step's agreement
         lease = self.config.get("max_wall_time")
         self.lease_s = float(lease) if isinstance(lease, (int, float)) and lease > 0 else None
         self.lease_spent = False
@@ -62,6 +64,7 @@ class RunRecorder(TrainerCallback):
         return round(self.used_before + (time.time() - self.t0), 1)
 
     def on_train_begin(self, args, state, control, **kw):
+        self.world_size = args.world_size
         if state.is_world_process_zero:
             rundir.update_status(self.run_dir, state="running", total_steps=state.max_steps, step=state.global_step)
         self.t0 = time.time()
@@ -126,18 +129,31 @@ class RunRecorder(TrainerCallback):
                 self.stopped_by = {"id": f["id"], "severity": f["severity"], "step": state.global_step,
                                    "explanation": f["explanation"], "stop_on": self.live["stop_on"]}
                 fields["stopped_by"] = self.stopped_by
-                control.should_save = True  # a checkpoint at this step, to inspect or to resume from
-                control.should_training_stop = True
+                if self.world_size > 1:  # only rank 0 diagnoses: every rank stops at the next step together
+                    self.stop_pending = True
+                else:
+                    control.should_save = True  # a checkpoint at this step, to inspect or to resume from
+                    control.should_training_stop = True
                 break
         rundir.update_status(self.run_dir, **fields)
 
     STATUS_EVERY_S = 2.0  # status.json is for pollers; rewriting it every step cost ~6% of a small step
 
     def on_step_end(self, args, state, control, **kw):
+        lease_spent = self.lease_s is not None and not self.lease_spent and self.lease_used() >= self.lease_s
+        if args.world_size > 1:  # every process stops at the same step, whichever of them got the signal
+            STOP["requested"], lease_spent, diagnosed = _agree(args, STOP["requested"], lease_spent, self.stop_pending)
+            if diagnosed:  # rank 0's live diagnosis stopped the run: all save this step's checkpoint and stop
+                self.stop_pending = False
+                if self.stopped_by is None:  # the other ranks: only rank 0 knows the finding
+                    self.stopped_by = {"id": "live_diagnosis", "severity": "error", "step": state.global_step,
+                                       "explanation": "rank 0's live diagnosis stopped the run", "stop_on": ""}
+                control.should_save = True
+                control.should_training_stop = True
         if STOP["requested"]:  # a cancel: save a checkpoint at this step, then leave the loop
             control.should_save = True
             control.should_training_stop = True
-        if self.lease_s is not None and not self.lease_spent and self.lease_used() >= self.lease_s:
+        if lease_spent:
             self.lease_spent = True  # the run's lease (max_wall_time) is spent: checkpoint and stop, like a cancel
             control.should_save = True
             control.should_training_stop = True
@@ -154,3 +170,15 @@ class RunRecorder(TrainerCallback):
         eta = (total - done) / rate if rate > 0 else None
         rundir.update_status(self.run_dir, step=done, total_steps=total, percent=round(100 * done / total, 1),
                              eta_seconds=round(eta, 1) if eta is not None else None, lease_used_s=self.lease_used())
+
+
+def _agree(args, *flags: bool) -> list[bool]:
+    """Each flag true on any process is true on all (one small all-reduce per step): a SIGTERM that reached
+    one node a step earlier than another must not leave the other waiting in a collective for ever."""
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=args.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]

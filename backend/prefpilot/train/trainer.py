@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
@@ -304,6 +305,9 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
         trainer = cls(model=model, args=CPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
         trainer.simpo_loss = cfg.get("simpo_loss", "sigmoid")
+    if trainer.args.world_size > 1:  # every process says where it runs: the job's log shows who took part
+        print(f"prefpilot: process rank {trainer.args.process_index} of world size {trainer.args.world_size} on "
+              f"node {os.environ.get('SLURMD_NODENAME') or socket.gethostname()}", file=sys.stderr, flush=True)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(ck) if ck else None)
     if recorder.stopped_by is not None:
