@@ -259,3 +259,30 @@ def test_mcp_check_and_convert_dataset_through_the_sdk_client(tmp_path):
         r = call(portal, client, "convert_dataset", {"data": "lf.json", "out": "../escape.jsonl"})
         assert r.is_error and "outside the workspace" in text(r)
     assert (tmp_path / "lf-trl.jsonl").is_file() and not (tmp_path.parent / "escape.jsonl").exists()
+
+
+def test_alpaca_ranking_rows_in_llamafactorys_documented_format(tmp_path):
+    """LLaMA-Factory's alpaca preference layout (its data/README.md: instruction, input, chosen, rejected, optional
+    system and history); no public file of it is small enough to ship, so these rows follow that format."""
+    rows = [{"instruction": f"Add {i} and 2.", "input": "", "chosen": f"{i + 2}", "rejected": f"{i + 3}"}
+            for i in range(5)]
+    rows.append({"instruction": "And now times 3?", "input": "", "chosen": "21", "rejected": "20",
+                 "system": "You are a calculator.", "history": [["Add 5 and 2.", "7"]]})
+    rep = check_data(write_jsonl(tmp_path / "a.jsonl", rows))
+    assert rep["format"] == "alpaca" and rep["usable_pairs"] == 6
+    convert_data(str(tmp_path / "a.jsonl"), str(tmp_path / "o.jsonl"))
+    out = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert out[0] == {"prompt": "Add 0 and 2.", "chosen": "2", "rejected": "3"}
+    assert [m["role"] for m in out[5]["prompt"]] == ["system", "user", "assistant", "user"]
+    assert out[5]["chosen"] == [{"role": "assistant", "content": "21"}]
+
+
+def test_already_preferred_warns_only_when_the_reference_ranks_nearly_every_pair_right():
+    from prefpilot.datacheck.model import score_finding
+
+    def s(summed, per_token):
+        return {"pairs": 100, "already_preferred": {"summed": summed, "per_token": per_token},
+                "margin_median": {"summed": 3.0, "per_token": 0.2}}
+    assert score_finding(s(0.95, 0.93))["severity"] == "warning"
+    assert score_finding(s(0.95, 0.6))["severity"] == "info"  # long chosen answers win the sum, not the average
+    assert score_finding(s(0.5, 0.5))["severity"] == "info"
