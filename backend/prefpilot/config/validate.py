@@ -53,6 +53,10 @@ FLASH_ATTN = {"flash_attention_2", "flash_attention_3", "kernels-community/flash
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
 
+METHODS = ("dpo", "simpo", "orpo", "kto")
+NAMES = {"dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO", "kto": "KTO"}
+
+
 class Report(dict):
     """{"valid", "method", "errors", "warnings", "normalized", "estimate", "notes"}; a dict, so it is JSON as is."""
 
@@ -70,12 +74,12 @@ def finding(path: str, code: str, message: str, suggestion: str | None = None) -
     return {"path": path[:200], "code": code, "message": message, "suggestion": suggestion}
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def schema(method: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{method}.json").read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def _validator(method: str):
     import jsonschema
     return jsonschema.Draft202012Validator(schema(method))
@@ -103,22 +107,25 @@ def _key_findings(config: dict, method: str) -> tuple[list, set]:
     """Unknown, removed, renamed and wrong-method keys; returns (errors, keys to drop before schema checks)."""
     errors, drop = [], set()
     props = schema(method)["properties"]
-    other = schema("simpo" if method == "dpo" else "dpo")["properties"]
+    others = {m: schema(m)["properties"] for m in METHODS if m != method}
     for key in config:
         if key in props:
             continue
         drop.add(key)
         path = _ptr([key])
+        owners = [m for m, p in others.items() if key in p]
         if key in REMOVED_KEYS:
             new = RENAMED_KEYS.get(key)
             errors.append(finding(path, "renamed_key" if new else "removed_key", f"`{key}` is not accepted by the "
                                   f"installed TRL: {REMOVED_KEYS[key]}", f"use `{new}`" if new else REMOVED_KEYS[key]))
-        elif key in other:
-            hint = ("set method: simpo" if method == "dpo" else
-                    "remove it: SimPO has no reference model" if "ref" in key or key in ("ld_alpha", "sync_ref_model")
-                    else "remove it, or set method: dpo")
-            errors.append(finding(path, "wrong_method", f"`{key}` is a {'SimPO' if method == 'dpo' else 'DPO'} option "
-                                  f"and this is a {method} run", hint))
+        elif owners:
+            no_ref = method in ("simpo", "orpo") and ("ref" in key or key in ("ld_alpha", "sync_ref_model"))
+            hint = (f"remove it: {NAMES[method]} has no reference model" if no_ref else
+                    f"remove it, or set method: {owners[0]}")
+            if method == "dpo" and "simpo" in owners and "orpo" not in owners and "kto" not in owners:
+                hint = "set method: simpo"
+            errors.append(finding(path, "wrong_method", f"`{key}` is a {'/'.join(NAMES[m] for m in owners)} option "
+                                  f"and this is {'an' if method == 'orpo' else 'a'} {method} run", hint))
         else:
             near = _did_you_mean(key, props)
             errors.append(finding(path, "unknown_key", f"unknown key `{key}`" + (f"; did you mean `{near}`?" if near else ""),
@@ -467,7 +474,7 @@ def _completeness(cfg: dict) -> list:
                                "use .jsonl, .json, .parquet or .csv"))
         else:
             from ..train.data import sample_problem  # pure Python (json/csv): no torch on this path
-            why = sample_problem(str(Path(dp).expanduser()))
+            why = sample_problem(str(Path(dp).expanduser()), method=cfg.get("method", "dpo"))
             if why:
                 out.append(finding("/dataset_path", "bad_data", why[:600], _data_fix(dp)))
     return out
@@ -527,10 +534,11 @@ def validate(config, *, complete: bool = True, local: bool = False, out_dir=None
         return Report(valid=False, method=None, errors=[finding(too_big.path or "", too_big.code, str(too_big), None)],
                       warnings=[], normalized={}, estimate={}, notes=[])
     method = config.get("method", "dpo")
-    if not isinstance(method, str) or method not in ("dpo", "simpo"):
+    if not isinstance(method, str) or method not in METHODS:
         return Report(valid=False, method=None, errors=[finding("/method", "enum", f"method {str(method)[:40]!r} "
-                      "is not one prefpilot trains: supported are dpo (DPOTrainer, every loss_type) and simpo (TRL's "
-                      "CPO trainer in SimPO mode)", "set method: dpo or method: simpo")], warnings=[], normalized={},
+                      "is not one prefpilot trains: supported are dpo (DPOTrainer, every loss_type), simpo (TRL's "
+                      "CPO trainer in SimPO mode), orpo (TRL's experimental ORPOTrainer) and kto (KTOTrainer)",
+                      "set method: dpo, simpo, orpo or kto")], warnings=[], normalized={},
                       estimate={}, notes=[])
     config, coerce_notes, number_errors = _numbers(config, method)
     errors, drop = _key_findings(config, method)
