@@ -34,6 +34,12 @@ def normalize(config: dict) -> tuple[dict, list[str]]:
             cfg["loss_type"] = [cfg["loss_type"]]
         return cfg, notes
     if method == "orpo":  # TRL's ORPOConfig as is: beta is the odds-ratio weight λ
+        b = cfg.get("beta", 0.1)
+        notes.append(f"ORPO: beta {b:g} is the paper's λ, the weight of the odds-ratio term beside the NLL term "
+                     "(loss = NLL(chosen) − λ·log σ(log-odds ratio)), not DPO's β (there is no reference model); "
+                     "ORPOConfig's default and the paper's value are both 0.1, so a DPO config's 0.1 carries over "
+                     "unchanged, but larger values (SimPO's 2.0) make the odds-ratio term outweigh the NLL"
+                     if isinstance(b, (int, float)) else "ORPO: beta is the paper's λ (odds-ratio weight)")
         return cfg, notes
     if method == "kto":  # TRL's KTOConfig as is
         return cfg, notes

@@ -254,6 +254,10 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         if cfg.get("precompute_ref_log_probs") and peft:
             warns.append(finding("/precompute_ref_log_probs", "no_effect", "with PEFT no reference model is held in "
                                  "memory anyway; precomputing only saves the adapter-off forward", None))
+    if method == "kto":
+        e, w = _kto_rules(cfg, peft)
+        errs += e
+        warns += w
     targets = cfg.get("lora_target_modules")
     if peft and isinstance(targets, list) and "lm_head" in targets:
         errs.append(finding("/lora_target_modules", "incompatible", "TRL computes log-probs from lm_head.weight "
@@ -285,6 +289,74 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         warns.append(finding("/" + name.replace(".", "/"), "security", f"{name} runs Python shipped with the model",
                              "only for models whose code you have read"))
     return errs, warns
+
+
+KTO_BATCH_DEFAULT = 8  # TrainingArguments' per_device_train_batch_size
+
+
+def _kto_rules(cfg: dict, peft: bool) -> tuple[list, list]:
+    """What KTOTrainer refuses at start (trl/trainer/kto_trainer.py, TRL 1.16) and what it silently mis-trains."""
+    errs, warns = [], []
+    kl = cfg.get("loss_type", "kto") == "kto"  # apo_zero_unpaired has no KL term
+    bs = cfg.get("per_device_train_batch_size", KTO_BATCH_DEFAULT)
+    if kl and isinstance(bs, int) and bs <= 1:
+        errs.append(finding("/per_device_train_batch_size", "kto_batch", "KTO estimates its KL term from the other "
+                            "completions of the same per-device batch (each row's completion paired with its "
+                            "neighbour's prompt); with a batch of 1 the KL term equals the row's own reward and "
+                            "KTOTrainer refuses to start (\"Actual (not effective) batch size must be > 1\")",
+                            "set per_device_train_batch_size: 2 or more (gradient_accumulation_steps does not count)"))
+    strategy = cfg.get("train_sampling_strategy", "sequential")
+    if kl and strategy != "sequential":
+        errs.append(finding("/train_sampling_strategy", "incompatible", f"train_sampling_strategy {strategy!r}: KTO's "
+                            "KL completions are fixed against their neighbours in file order, and KTOTrainer refuses "
+                            "any sampling but sequential for loss_type kto", "remove train_sampling_strategy "
+                            "(KTOConfig's default is sequential); shuffle the file instead"))
+    if cfg.get("sync_ref_model") and peft:
+        errs.append(finding("/sync_ref_model", "incompatible", "sync_ref_model (TR-DPO) is not compatible with PEFT "
+                            "(KTOConfig's help): the reference is the base model with the adapter off",
+                            "set sync_ref_model: false"))
+    if cfg.get("sync_ref_model") and cfg.get("precompute_ref_log_probs"):
+        errs.append(finding("/sync_ref_model", "incompatible", "sync_ref_model has no effect with "
+                            "precompute_ref_log_probs (the reference log-probs are fixed before training)",
+                            "drop one of the two"))
+    return errs, warns
+
+
+# KTO paper (Ethayarajh et al. 2024, arXiv:2402.01306) Eq. (8), as TRL's KTOTrainer checks it:
+# λ_D·n_D / (λ_U·n_U) in [1, 4/3]
+KTO_BALANCE = (1.0, 4 / 3)
+
+
+def kto_data_warnings(cfg: dict, rows: list, source: str) -> list:
+    """Class balance against desirable_weight/undesirable_weight, and batches that would hold one label only."""
+    from ..datacheck.layouts import kto_rows, label_counts, one_label_batches
+    n_d, n_u = label_counts(rows)
+    out = []
+    dw, uw = cfg.get("desirable_weight", 1.0), cfg.get("undesirable_weight", 1.0)
+    if n_d and n_u and isinstance(dw, (int, float)) and isinstance(uw, (int, float)) and dw > 0 and uw > 0:
+        ratio = dw * n_d / (uw * n_u)
+        if not KTO_BALANCE[0] - 5e-3 <= ratio <= KTO_BALANCE[1] + 5e-3:
+            lo, hi = n_u * uw / n_d, KTO_BALANCE[1] * n_u * uw / n_d
+            ulo, uhi = n_d * dw / n_u / KTO_BALANCE[1], n_d * dw / n_u
+            out.append(finding("/desirable_weight", "kto_class_balance", f"{source}: {n_d} desirable and {n_u} "
+                               f"undesirable rows with desirable_weight {dw:g} and undesirable_weight {uw:g} give "
+                               f"desirable_weight·n_D / (undesirable_weight·n_U) = {ratio:.3g}; the KTO paper "
+                               "(Ethayarajh et al. 2024, Eq. 8) and TRL's KTOTrainer want it in [1, 4/3]",
+                               f"set EITHER desirable_weight in [{lo:.3g}, {hi:.3g}] OR undesirable_weight in "
+                               f"[{ulo:.3g}, {uhi:.3g}] (not both)"))
+    elif not (n_d and n_u) and (n_d or n_u):
+        out.append(finding("/dataset_path", "kto_one_label", f"{source}: every row is "
+                           f"{'desirable' if n_d else 'undesirable'}: KTO has nothing to contrast it with",
+                           "add rows of the other label"))
+    bs = cfg.get("per_device_train_batch_size", KTO_BATCH_DEFAULT)
+    if n_d and n_u and isinstance(bs, int) and bs > 1:
+        one, total = one_label_batches(kto_rows(rows)[0], bs)
+        if total and one > total / 2:
+            out.append(finding("/dataset_path", "kto_one_label_batches", f"{source}: read in file order (KTO's "
+                               f"sequential sampling), {one} of {total} batches of {bs} hold a single label: those "
+                               "steps train only one side of the loss", "shuffle the file so that labels mix "
+                               "(paired data is interleaved by prefpilot already)"))
+    return out
 
 
 def _ignored_option_warnings(cfg: dict, raw: dict, method: str) -> list:
@@ -513,7 +585,22 @@ def data_warnings(cfg: dict) -> list:
     except PrefpilotError:
         return []  # unreadable data is _completeness's error already
     sampled = f"in the first {rep['rows']} rows" if rep.get("sampled") else f"in its {rep['rows']} rows"
-    return [finding("/dataset_path", f"data_{f['id']}", f"{dp} ({sampled}): {f['explanation']}",
+    kto = []
+    if cfg.get("method") == "kto":
+        from ..train.data import check_rows, read_rows
+        try:
+            if dp.startswith("builtin:"):
+                from ..data import builtin_files
+                path = str(builtin_files(dp[8:])["train"])
+            else:
+                path = str(Path(dp).expanduser())
+            rows = read_rows(path, limit=VALIDATE_DATA_ROWS if Path(path).suffix.lower() in (".jsonl", ".csv")
+                             else None)
+            rows = check_rows(rows, dp, max_bad_rows=len(rows), unpaired_ok=True)[0]
+            kto = kto_data_warnings(cfg, rows, dp)
+        except PrefpilotError:
+            pass
+    return kto + [finding("/dataset_path", f"data_{f['id']}", f"{dp} ({sampled}): {f['explanation']}",
                     f"{f['remedy']}; `prefpilot data check {dp}` reports every row")
             for f in rep["findings"] if f["severity"] in ("error", "warning")]
 
