@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     _hardware_flags(p)
 
-    p = sub.add_parser("train", help="validate, then train with TRL (DPOTrainer, or CPO in SimPO mode)")
+    p = sub.add_parser("train", help="validate, then train with TRL (DPOTrainer, CPO in SimPO mode, ORPOTrainer or KTOTrainer)")
     p.add_argument("config", help="the run config (YAML or JSON)")
     p.add_argument("--run-dir", help="where status.json, metrics.jsonl, checkpoints go (default runs/<time>-...)")
     p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
