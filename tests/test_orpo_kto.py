@@ -300,3 +300,60 @@ def test_orpo_through_mcp_launch_run(tmp_path):
         assert st["step"] == 4 and "nll_loss" in st["last_metrics"]
         d = call(portal, client, "diagnose_run", {"run_id": run["run_id"]}).structured_content
         assert d["method"] == "orpo"
+
+
+# ----------------------------------------------------------------------------- tables and plan
+@pytest.mark.parametrize("method,cls", [("orpo", "trl.experimental.orpo:ORPOConfig"), ("kto", "trl:KTOConfig")])
+def test_table_defaults_are_trls_and_rows_have_sources(method, cls):
+    import importlib
+    from prefpilot import skills
+    mod, name = cls.split(":")
+    fields = getattr(importlib.import_module(mod), name).__dataclass_fields__
+    t = skills.load_table(method)
+    for k, v in t["defaults"].items():
+        if k != "source":
+            assert fields[k].default == v, k
+    md = (ROOT / f"skills/mlops/trl-fine-tuning/references/{method}-hyperparameters.md").read_text()
+    for row in t["rows"]:
+        assert row["source"] and 0 < row["beta"] <= 1 and 0 < row["learning_rate"] < 1e-4, row
+        line = next(line for line in md.splitlines() if line.startswith(f"| {row['model']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) == row["beta"] and float(cells[2]) == row["learning_rate"]
+    for key, r in t["ranges"].items():
+        assert r["sane"][0] <= r["typical"][0] <= r["typical"][1] <= r["sane"][1] and r["source"], key
+
+
+def test_released_orpo_scripts_and_trls_kto_script_say_what_the_tables_say():
+    from prefpilot import skills
+    kto_script = Path(__import__("trl.scripts.kto", fromlist=["x"]).__file__).read_text()
+    row = next(r for r in skills.load_table("kto")["rows"] if r["id"] == "kto-qwen1.5-1.8b-trl")
+    assert "--learning_rate 5e-7" in kto_script and "--per_device_train_batch_size 16" in kto_script
+    assert row["learning_rate"] == 5e-7 and row["total_batch_size"] == 16
+    orpo = {r["id"]: r for r in skills.load_table("orpo")["rows"]}
+    assert orpo["orpo-mistral-7b-base-ultrafeedback"]["beta"] == 0.1  # --alpha 0.1 in run_mistral_orpo_beta.sh
+    assert orpo["orpo-mistral-7b-base-capybara"]["beta"] == 0.05  # --alpha 0.05 in run_mistral_orpo_capybara.sh
+
+
+@pytest.mark.parametrize("method", ["orpo", "kto"])
+def test_plan_orpo_and_kto_from_their_tables(method):
+    from prefpilot.plan import plan
+    from prefpilot.skills import load_table
+    out = plan(method=method, gpu_memory_gb=80, num_gpus=1, model_params=1.5e9)
+    cfg, row = out["config"], out["table_row"]
+    assert cfg["method"] == method and row in load_table(method)["rows"] and not out["memory_savers"]
+    assert cfg["beta"] == row["beta"] and cfg["learning_rate"] == row["learning_rate"]
+    assert validate(cfg)["valid"]
+    if method == "kto":
+        assert cfg["loss_type"] == "kto" and cfg["per_device_train_batch_size"] >= 4
+    else:
+        assert "loss_type" not in cfg and "precompute_ref_log_probs" not in cfg
+        assert any("λ" in r for r in out["rationale"])
+
+
+def test_range_warnings_for_orpo_and_kto():
+    r = validate({"method": "orpo", "beta": 2.0}, complete=False)  # a SimPO β copied into ORPO
+    f = next(w for w in r["warnings"] if w["code"] == "beta_high")
+    assert "λ" in f["message"] and "SimPO-scale" in f["message"]
+    assert "beta_high" not in codes(validate({"method": "orpo", "beta": 0.1}, complete=False), "warnings")
+    r = validate({"method": "kto", "per_device_train_batch_size": 2, "learning_rate": 1e-5}, complete=False)
+    assert {"kto_small_batch", "learning_rate_high"} <= codes(r, "warnings")

@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hardware_flags(p)
 
     p = sub.add_parser("plan", help="a complete run config from the published hyperparameter tables")
-    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
+    p.add_argument("--method", choices=["dpo", "simpo", "orpo", "kto"], default="dpo", help="the trainer (default dpo)")
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="hub id or local folder")
     p.add_argument("--dataset-size", type=COUNT, help="number of preference pairs (sizes the batch)")
     p.add_argument("--dataset-path", default="builtin:arith-prefs",

@@ -405,7 +405,7 @@ def build_server(ws: Workspace) -> MCPServer:
 
     @mcp.tool(title="Plan a run from published hyperparameters", annotations=READ_ONLY)
     @tool_errors
-    def plan_run(method: Literal["dpo", "simpo"] = "dpo", model: str = DEFAULT_MODEL,
+    def plan_run(method: Literal["dpo", "simpo", "orpo", "kto"] = "dpo", model: str = DEFAULT_MODEL,
                  # the bounds plan() checks (config/limits.py), declared so the tool's schema shows them
                  gpu_memory_gb: Annotated[float | None, Field(gt=0, le=limits.MAX_GPU_MEMORY_GB, allow_inf_nan=False,
                                                               description="GB per GPU; omit for this machine")] = None,

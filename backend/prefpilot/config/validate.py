@@ -420,6 +420,26 @@ def _range_warnings(cfg: dict, method: str) -> list:
         if method == "simpo" and beta > beta_r["sane"][1]:
             out.append(finding("/beta", "beta_high", f"beta {beta:g} is above the SimPO range {beta_r['sane'][0]:g}–"
                                f"{beta_r['sane'][1]:g}", "try 10 at most"))
+    if method in ("orpo", "kto") and isinstance(beta, (int, float)) and beta > 0 and beta_r:
+        name = "λ (ORPO's odds-ratio weight, TRL's beta)" if method == "orpo" else "KTO's β"
+        if beta > beta_r["sane"][1]:
+            out.append(finding("/beta", "beta_high", f"beta {beta:g} is above the accepted {beta_r['sane'][0]:g}–"
+                               f"{beta_r['sane'][1]:g} for {name} (typical {beta_r['typical'][0]:g}–"
+                               f"{beta_r['typical'][1]:g})" + (
+                                   "; a SimPO-scale β copied here would let the odds-ratio term drown the NLL"
+                                   if method == "orpo" else ""), f"try {beta_r['typical'][1]:g} ({beta_r['source']})"))
+        elif beta < beta_r["sane"][0]:
+            out.append(finding("/beta", "beta_low", f"beta {beta:g} is below the accepted {beta_r['sane'][0]:g}–"
+                               f"{beta_r['sane'][1]:g} for {name}" + (": the run is close to plain SFT"
+                                                                       if method == "orpo" else ""),
+                               f"try {beta_r['typical'][0]:g}"))
+    bs_r = ranges.get("per_device_train_batch_size")
+    bs = cfg.get("per_device_train_batch_size", 8)
+    if method == "kto" and bs_r and isinstance(bs, int) and 1 < bs < bs_r["sane"][0]:
+        out.append(finding("/per_device_train_batch_size", "kto_small_batch", f"per_device_train_batch_size {bs}: "
+                           f"KTO's KL estimate comes from each per-device batch, and {bs} rows make it noisy "
+                           f"({bs_r['source']})", f"use {bs_r['sane'][0]} or more per device; accumulation does "
+                           "not help the estimate"))
     if method == "dpo" and "ipo" in losses and isinstance(lr, (int, float)) and lr > 1e-5:
         out.append(finding("/learning_rate", "ipo_learning_rate", f"IPO with learning_rate {lr:g}: IPO regresses the "
                            "margin to 1/(2β) and a large rate overshoots; older docs' 1e-2 is an outlier",
