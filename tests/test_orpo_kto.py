@@ -17,6 +17,7 @@ from prefpilot import rundir
 from prefpilot.config.validate import schema, validate
 from prefpilot.datacheck.layouts import kto_rows, label_counts, one_label_batches, unpair
 from prefpilot.train.data import row_problem
+from skill_docs import blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
@@ -235,13 +236,23 @@ def test_orpo_run_logs_trls_odds_ratio_loss_and_diagnoses_as_orpo(tiny, tmp_path
     rep = diagnose(str(tmp_path / "r"))
     assert rep["method"] == "orpo" and rep["method_source"] == "config"
     assert (tmp_path / "r/final/model.safetensors").is_file()
+    # prefpilot eval: ORPO's held-out pairs (the builtin test split), its per-token accuracy beside the base model's
+    from prefpilot.evaluation.run import evaluate
+    ev = evaluate(tmp_path / "r", prompts=1, max_new_tokens=4, reference_cache=False)
+    assert ev["method"] == "orpo" and ev["pairs"] == 64 and "implicit" not in ev["preference_accuracy"]
+    assert 0 <= ev["preference_accuracy"]["per_token"] <= 1 and "per_token" in ev["before"]
 
 
-def _kto_loss(r, beta, dw=1.0, uw=1.0):
-    """TRL's KTO loss for a batch of one desirable and one undesirable row, from the logged values."""
-    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
-    kl = r["kl"]
-    return (dw * (1 - sig(r["rewards/chosen"] - beta * kl)) + uw * (1 - sig(beta * kl - r["rewards/rejected"]))) / 2
+def _kto_loss(r, beta, dw=1.0, uw=1.0, loss_type="kto"):
+    """The skill's KTO formula blocks (orpo-kto.md) for a batch of one desirable and one undesirable row, from the
+    values TRL logged: rewards/* = β × log-ratio."""
+    forms = {tag: body for _, tag, body, _ in blocks("kto-formula")}
+    prefix = "" if loss_type == "kto" else loss_type + "_"
+    ns = {"sigmoid": lambda x: 1 / (1 + math.exp(-x)), "beta": beta, "kl": r["kl"], "desirable_weight": dw,
+          "undesirable_weight": uw}
+    d = eval(forms[prefix + "desirable"], {"__builtins__": {}}, {**ns, "logratio": r["rewards/chosen"] / beta})
+    u = eval(forms[prefix + "undesirable"], {"__builtins__": {}}, {**ns, "logratio": r["rewards/rejected"] / beta})
+    return (d + u) / 2
 
 
 @pytest.mark.slow
@@ -264,17 +275,29 @@ def test_kto_from_paired_data_through_prefpilot_train(tiny, tmp_path):
     for row in rows:  # every batch of two holds one desirable and one undesirable row: both rewards are logged
         assert {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(row)
         assert row["loss"] == pytest.approx(_kto_loss(row, beta), abs=1e-4)
+    # prefpilot eval on pairs: KTO has a reference, so its implicit reward β·(log-ratio chosen − rejected) is scored
+    from prefpilot.evaluation.run import evaluate
+    ev = evaluate(tmp_path / "r", pairs="builtin:arith-prefs", prompts=0, reference_cache=False)
+    assert ev["method"] == "kto" and 0 <= ev["preference_accuracy"]["implicit"] <= 1
 
 
 @pytest.mark.slow
-def test_kto_on_unpaired_data_with_weights(tiny, tmp_path):
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+def test_kto_on_unpaired_data_with_weights(tiny, tmp_path, loss_type):
+    from prefpilot.errors import PrefpilotError
+    from prefpilot.evaluation.run import evaluate
     from prefpilot.train.trainer import train
-    data = write_jsonl(tmp_path / "u.jsonl", unpaired(12, 12))  # sorted by prompt: D, U, D, U...
-    status = train(base(tiny, method="kto", beta=0.1, dataset_path=str(data), per_device_train_batch_size=2,
-                        desirable_weight=1.2, eval_holdout=False), tmp_path / "r", progress=False)
+    data = write_jsonl(tmp_path / "u.jsonl", unpaired(14, 14))  # sorted by prompt: D, U, D, U...
+    status = train(base(tiny, method="kto", loss_type=loss_type, beta=0.1, dataset_path=str(data),
+                        per_device_train_batch_size=2, desirable_weight=1.2, eval_holdout=4), tmp_path / "r",
+                   progress=False)
     assert status["state"] == "completed" and "kto_unpaired_pairs" not in status
     for row in rundir.read_metrics(tmp_path / "r"):
-        assert row["loss"] == pytest.approx(_kto_loss(row, 0.1, dw=1.2), abs=1e-4)
+        assert row["loss"] == pytest.approx(_kto_loss(row, 0.1, dw=1.2, loss_type=loss_type), abs=1e-4)
+    # held-out unpaired rows: prefpilot eval says it needs pairs instead of failing inside the scorer
+    with pytest.raises(PrefpilotError, match="unpaired") as exc:
+        evaluate(tmp_path / "r", prompts=0)
+    assert exc.value.code == "no_heldout"
 
 
 @pytest.mark.slow
@@ -357,3 +380,40 @@ def test_range_warnings_for_orpo_and_kto():
     assert "beta_high" not in codes(validate({"method": "orpo", "beta": 0.1}, complete=False), "warnings")
     r = validate({"method": "kto", "per_device_train_batch_size": 2, "learning_rate": 1e-5}, complete=False)
     assert {"kto_small_batch", "learning_rate_high"} <= codes(r, "warnings")
+
+
+# ----------------------------------------------------------------------------- the skill's formulas
+def test_orpo_formula_block_is_trls_odds_ratio_loss():
+    import torch
+    import torch.nn.functional as F
+    from trl.experimental.orpo import ORPOTrainer
+    (form,) = [body for _, _, body, _ in blocks("orpo-formula")]
+    torch.manual_seed(0)
+    c, r = -torch.rand(16, dtype=torch.float64) * 3 - 0.01, -torch.rand(16, dtype=torch.float64) * 3 - 0.01
+    nll = 1.7
+
+    class Fake:  # what odds_ratio_loss reads from the trainer
+        beta = 0.25
+        accelerator = type("A", (), {"device": torch.device("cpu")})()
+    losses, rc, rr, ratio, log_odds = ORPOTrainer.odds_ratio_loss(Fake(), c, r)
+    trl_loss = nll - losses.mean()  # get_batch_loss_metrics: loss = policy_nll_loss - losses.mean()
+    ns = {"logsigmoid": F.logsigmoid, "log1mexp": lambda x: torch.log(-torch.expm1(x)), "nll": nll,
+          "beta": Fake.beta, "c": c, "r": r}
+    ours = eval(form, {"__builtins__": {}}, ns).mean()
+    assert float(ours) == pytest.approx(float(trl_loss), abs=1e-6)  # TRL computes in float32
+    assert torch.allclose(rc.double(), Fake.beta * c, atol=1e-6)  # rewards/chosen = β × average log-prob
+
+
+def test_kto_formula_blocks_are_in_the_skill():
+    tags = {tag for _, tag, _, _ in blocks("kto-formula")}
+    assert tags == {"desirable", "undesirable", "apo_zero_unpaired_desirable", "apo_zero_unpaired_undesirable"}
+    from trl import KTOConfig
+    assert KTOConfig.__dataclass_fields__["loss_type"].metadata["choices"] == ["kto", "apo_zero_unpaired"]
+    # the trainer's own lines the blocks transcribe (trl/trainer/kto_trainer.py, TRL 1.16)
+    src = Path(__import__("trl.trainer.kto_trainer", fromlist=["x"]).__file__).read_text()
+    for line in ("chosen_losses = 1 - F.sigmoid(self.beta * (chosen_logratios - kl))",
+                 "rejected_losses = 1 - F.sigmoid(self.beta * (kl - rejected_logratios))",
+                 "chosen_losses = 1 - F.sigmoid(self.beta * chosen_logratios)",
+                 "rejected_losses = F.sigmoid(self.beta * rejected_logratios)",
+                 "kl = self.accelerator.gather_for_metrics(kl).mean().clamp(min=0)"):
+        assert line in src, line

@@ -266,11 +266,12 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     targs = dict(parts["trainer"])
     targs.update(output_dir=str(run_dir / "checkpoints"), logging_nan_inf_filter=False,  # let NaN reach the log
                  disable_tqdm=not (progress if progress is not None else sys.stderr.isatty()))
+    trainer_eval_rows = eval_rows  # the live evaluation below scores pairs: KTO's unpaired copy is TRL's only
     if cfg["method"] == "kto":  # KTO reads unpaired rows: each pair becomes its desirable and undesirable row
         from ..datacheck.layouts import kto_rows
         train_rows, pairs = kto_rows(train_rows)
         if eval_rows:
-            eval_rows = kto_rows(eval_rows)[0]
+            trainer_eval_rows = kto_rows(eval_rows)[0]
         if main and pairs:
             log.info("KTO: %d preference pairs unpaired into %d desirable + %d undesirable rows (interleaved, so "
                      "each sequential batch holds both labels)", pairs, pairs, pairs)
@@ -278,7 +279,7 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     if eval_rows is None or targs.get("eval_strategy", "no") == "no":
         eval_ds = None
     else:
-        eval_ds = Dataset.from_list(eval_rows)
+        eval_ds = Dataset.from_list(trainer_eval_rows)
     train_ds = Dataset.from_list(train_rows)
     ck = last_checkpoint(run_dir) if resume else None
     if ck is not None and main:
