@@ -321,6 +321,7 @@ def test_orpo_through_mcp_launch_run(tmp_path):
                 break
         assert st["state"] == "completed", st.get("log_tail")
         assert st["step"] == 4 and "nll_loss" in st["last_metrics"]
+        assert st["verdict"] in ("healthy", "problems", "inconclusive")  # the live diagnosis ran on ORPO's rows
         d = call(portal, client, "diagnose_run", {"run_id": run["run_id"]}).structured_content
         assert d["method"] == "orpo"
 
@@ -417,3 +418,22 @@ def test_kto_formula_blocks_are_in_the_skill():
                  "rejected_losses = F.sigmoid(self.beta * rejected_logratios)",
                  "kl = self.accelerator.gather_for_metrics(kl).mean().clamp(min=0)"):
         assert line in src, line
+
+
+@pytest.mark.slow
+def test_kto_resume_continues_the_same_sequential_batches(tiny, tmp_path):
+    """A KTO run stopped at a checkpoint and resumed logs what the uninterrupted run logs: the sequential batches
+    (and so the KL pairing) pick up where they stopped."""
+    from prefpilot.train.trainer import train
+    cfg = base(tiny, method="kto", beta=0.1, per_device_train_batch_size=2, lr_scheduler_type="constant",
+               eval_holdout=False, save_strategy="steps", save_steps=2)
+    train({**cfg, "max_steps": 4}, tmp_path / "whole", progress=False)
+    train({**cfg, "max_steps": 2}, tmp_path / "split", progress=False)
+    assert (tmp_path / "split/checkpoints/checkpoint-2").is_dir()
+    status = train({**cfg, "max_steps": 4}, tmp_path / "split", resume=True, progress=False)
+    assert status["state"] == "completed" and status["step"] == 4
+    whole, split = rundir.read_metrics(tmp_path / "whole"), rundir.read_metrics(tmp_path / "split")
+    assert [r["step"] for r in split] == [1, 2, 3, 4]
+    for a, b in zip(whole, split):
+        for key in ("loss", "kl", "rewards/chosen", "logps/rejected"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
