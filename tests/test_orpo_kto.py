@@ -437,3 +437,29 @@ def test_kto_resume_continues_the_same_sequential_batches(tiny, tmp_path):
     for a, b in zip(whole, split):
         for key in ("loss", "kl", "rewards/chosen", "logps/rejected"):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
+
+
+# ----------------------------------------------------------------------------- plain CPO
+def test_cpo_schema_and_validation():
+    from trl.experimental.cpo import CPOConfig
+    props = schema("cpo")["properties"]
+    assert {f.name for f in dataclasses.fields(CPOConfig) if not f.name.startswith("_")} <= set(props)
+    assert props["loss_type"]["enum"] == CPOConfig.__dataclass_fields__["loss_type"].metadata["choices"]
+    r = validate({"method": "cpo", "loss_type": "ipo", "cpo_alpha": 1.0}, complete=False)
+    assert r["valid"] and r["normalized"]["loss_type"] == "ipo" and not r["notes"]  # TRL's keys as they are
+    r = validate({"method": "cpo", "loss_type": "robust"}, complete=False)
+    assert "unknown_loss_type" in codes(r)
+    r = validate({"method": "cpo", "precompute_ref_log_probs": True}, complete=False)
+    assert "CPO has no reference model" in r["errors"][0]["suggestion"]
+
+
+@pytest.mark.slow
+def test_cpo_run_logs_trls_cpo_loss(tiny, tmp_path):
+    from prefpilot.train.trainer import train
+    beta = 0.1
+    status = train(base(tiny, method="cpo", beta=beta, per_device_train_batch_size=1), tmp_path / "r", progress=False)
+    assert status["state"] == "completed" and status["method"] == "cpo"
+    for r in rundir.read_metrics(tmp_path / "r"):  # sigmoid: −log σ(β·(c − r)) + cpo_alpha (1.0) × NLL, summed log-probs
+        assert r["rewards/chosen"] == pytest.approx(beta * r["logps/chosen"], abs=1e-4)
+        assert r["loss"] == pytest.approx(-logsigmoid(r["rewards/chosen"] - r["rewards/rejected"]) + r["nll_loss"],
+                                          abs=1e-4)

@@ -800,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = ss.add_parser("generate", help="regenerate from the installed TRL (imports TRL)")
     g.add_argument("--check", action="store_true", help="exit 1 if stale; write nothing")
     g = ss.add_parser("show", help="print a schema, or one key's entry")
-    g.add_argument("method", choices=["dpo", "simpo", "orpo", "kto"], help="whose schema")
+    g.add_argument("method", choices=["dpo", "simpo", "orpo", "kto", "cpo"], help="whose schema")
     g.add_argument("key", nargs="?", help="one config key (default: the whole schema)")
     _name_subcommands(ap)
     return ap

@@ -160,7 +160,7 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
     h, L, V = arch["hidden_size"], arch["num_hidden_layers"], arch["vocab_size"]
     per_token_layer = (2 * cbytes) if ckpt else (34 * cbytes / 2)
     activations = tokens * L * h * per_token_layer + (tokens * h * 34 * cbytes / 2 if ckpt else 0)
-    if method in ("simpo", "orpo"):  # TRL's CPO and ORPO trainers build the full logits
+    if method in ("simpo", "orpo", "cpo"):  # TRL's CPO and ORPO trainers build the full logits
         lm_head = tokens * V * cbytes * SIMPO_LOGIT_COPIES
     else:
         tile = min(tokens, TILE_TOKENS) * min(V, TILE_VOCAB) * (cbytes if gpu else CPU_TILE_BYTES)
@@ -184,7 +184,7 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
                         "per_device_train_batch_size": batch, "max_length": seq,
                         "sharded_over_gpus": shards,
                         "gradients_coexist_with_activations": accumulate,
-                        "lm_head": "full logits (CPO/ORPO trainer)" if method in ("simpo", "orpo") else
+                        "lm_head": "full logits (CPO/ORPO trainer)" if method in ("simpo", "orpo", "cpo") else
                                    f"TRL fused LM head, {'Triton' if gpu else 'torch fallback'} tiles"},
         "device_memory_gb": hardware.get("gpu_memory_gb") or hardware.get("ram_gb"),
         "device": "gpu" if gpu else "cpu",

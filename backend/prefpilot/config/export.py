@@ -50,6 +50,10 @@ def export_trl(config: dict) -> tuple[dict, list[str]]:
                                      code="dataset_format")
             out["datasets"] = [{"path": builder, "data_files": str(p), "split": "train"}]
             notes.append(f"dataset_path {dp} -> datasets: [{{path: {builder}, data_files: {p}}}]")
+    if method == "cpo":
+        notes.append("CPO runs through TRL's experimental CPOTrainer (trl.experimental.cpo), which has no `trl` CLI "
+                     "command: parse this file with TrlParser((ScriptArguments, CPOConfig, ModelConfig, "
+                     "DatasetMixtureConfig)) in your own script")
     if method == "simpo":
         notes.append("SimPO runs through TRL's experimental CPOTrainer (loss_type simpo), which has no `trl` CLI "
                      "command: parse this file with TrlParser((ScriptArguments, CPOConfig, ModelConfig, "

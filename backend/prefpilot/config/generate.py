@@ -26,9 +26,9 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 # prefpilot's additions, common to both methods.
 PREFPILOT_FIELDS = {
-    "method": {"enum": ["dpo", "simpo", "orpo", "kto"], "default": "dpo",
+    "method": {"enum": ["dpo", "simpo", "orpo", "kto", "cpo"], "default": "dpo",
                "description": "prefpilot: which trainer runs this config (DPOTrainer, TRL's CPO trainer in SimPO mode, "
-                              "TRL's experimental ORPOTrainer, or KTOTrainer)."},
+                              "TRL's experimental ORPOTrainer, KTOTrainer, or TRL's CPO trainer as it is)."},
     "dataset_path": {"type": "string", "minLength": 1,
                      "description": "prefpilot: a local .jsonl/.json/.parquet/.csv file, or builtin:<name> for a dataset shipped with prefpilot."},
     "model_params": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_MODEL_PARAMS, "x-code": "range",
@@ -305,7 +305,22 @@ def build_kto() -> dict:
     return _wrap("kto", props, sources, [])
 
 
-BUILDERS = {"dpo": build_dpo, "simpo": build_simpo, "orpo": build_orpo, "kto": build_kto}
+def build_cpo() -> dict:
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
+    from trl.experimental.cpo import CPOConfig
+    props, sources = field_schemas([ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig])
+    props["loss_type"] = {**props["loss_type"], "x-code": "unknown_loss_type",
+                          "x-message": "CPO loss_type must be one of " + ", ".join(props["loss_type"]["enum"])}
+    props["label_smoothing"].update(_c({"minimum": 0, "exclusiveMaximum": 0.5}, "range", "label_smoothing must be in [0, 0.5)"))
+    props["simpo_gamma"].update(_c({"minimum": 0}, "range", "simpo_gamma (γ) must be ≥ 0"))
+    props["cpo_alpha"].update(_c({"minimum": 0}, "range", "cpo_alpha (the NLL/BC weight) must be ≥ 0"))
+    common_constraints(props)
+    props.update(PREFPILOT_FIELDS)
+    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["cpo"]}
+    return _wrap("cpo", props, sources, [])
+
+
+BUILDERS = {"dpo": build_dpo, "simpo": build_simpo, "orpo": build_orpo, "kto": build_kto, "cpo": build_cpo}
 
 
 def _wrap(method, props, sources, rules) -> dict:

@@ -15,7 +15,7 @@ SIMPO_DEFAULT_BETA = 2.0
 SIMPO_DEFAULT_RATIO = 0.5
 
 
-METHODS = ("dpo", "simpo", "orpo", "kto")  # what prefpilot trains; diagnosis also reads cpo logs
+METHODS = ("dpo", "simpo", "orpo", "kto", "cpo")  # what prefpilot trains
 
 
 def method_of(config: dict) -> str:
@@ -41,7 +41,7 @@ def normalize(config: dict) -> tuple[dict, list[str]]:
                      "unchanged, but larger values (SimPO's 2.0) make the odds-ratio term outweigh the NLL"
                      if isinstance(b, (int, float)) else "ORPO: beta is the paper's λ (odds-ratio weight)")
         return cfg, notes
-    if method == "kto":  # TRL's KTOConfig as is
+    if method in ("kto", "cpo"):  # TRL's KTOConfig / CPOConfig as they are
         return cfg, notes
 
     loss = cfg.get("loss_type", "sigmoid")

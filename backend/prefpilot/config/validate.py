@@ -53,8 +53,8 @@ FLASH_ATTN = {"flash_attention_2", "flash_attention_3", "kernels-community/flash
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
 
-METHODS = ("dpo", "simpo", "orpo", "kto")
-NAMES = {"dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO", "kto": "KTO"}
+METHODS = ("dpo", "simpo", "orpo", "kto", "cpo")
+NAMES = {"dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO", "kto": "KTO", "cpo": "CPO"}
 
 
 class Report(dict):
@@ -74,12 +74,12 @@ def finding(path: str, code: str, message: str, suggestion: str | None = None) -
     return {"path": path[:200], "code": code, "message": message, "suggestion": suggestion}
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def schema(method: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{method}.json").read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _validator(method: str):
     import jsonschema
     return jsonschema.Draft202012Validator(schema(method))
@@ -119,7 +119,7 @@ def _key_findings(config: dict, method: str) -> tuple[list, set]:
             errors.append(finding(path, "renamed_key" if new else "removed_key", f"`{key}` is not accepted by the "
                                   f"installed TRL: {REMOVED_KEYS[key]}", f"use `{new}`" if new else REMOVED_KEYS[key]))
         elif owners:
-            no_ref = method in ("simpo", "orpo") and ("ref" in key or key in ("ld_alpha", "sync_ref_model"))
+            no_ref = method in ("simpo", "orpo", "cpo") and ("ref" in key or key in ("ld_alpha", "sync_ref_model"))
             hint = (f"remove it: {NAMES[method]} has no reference model" if no_ref else
                     f"remove it, or set method: {owners[0]}")
             if method == "dpo" and "simpo" in owners and "orpo" not in owners and "kto" not in owners:
@@ -644,8 +644,8 @@ def validate(config, *, complete: bool = True, local: bool = False, out_dir=None
     if not isinstance(method, str) or method not in METHODS:
         return Report(valid=False, method=None, errors=[finding("/method", "enum", f"method {str(method)[:40]!r} "
                       "is not one prefpilot trains: supported are dpo (DPOTrainer, every loss_type), simpo (TRL's "
-                      "CPO trainer in SimPO mode), orpo (TRL's experimental ORPOTrainer) and kto (KTOTrainer)",
-                      "set method: dpo, simpo, orpo or kto")], warnings=[], normalized={},
+                      "CPO trainer in SimPO mode), orpo (TRL's experimental ORPOTrainer), kto (KTOTrainer) and cpo "
+                      "(TRL's CPO trainer as it is)", "set method: dpo, simpo, orpo, kto or cpo")], warnings=[], normalized={},
                       estimate={}, notes=[])
     config, coerce_notes, number_errors = _numbers(config, method)
     errors, drop = _key_findings(config, method)

@@ -251,7 +251,7 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_kwargs["trust_remote_code"])
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if cfg["method"] in ("simpo", "orpo"):  # both cut the completion, never the prompt (TRL's old tokenizer)
+    if cfg["method"] in ("simpo", "orpo", "cpo"):  # they cut the completion, never the prompt (TRL's old tokenizer)
         from .data import drop_overlong_simpo_prompts
         n_before, max_len = len(train_rows), cfg.get("max_length") or 1024  # CPOConfig's and ORPOConfig's default
         train_rows = drop_overlong_simpo_prompts(train_rows, tok, max_len, "training data", max_bad_rows)
@@ -313,6 +313,10 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
         trainer = ORPOTrainer(model=model, args=ORPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
                               processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
+    elif cfg["method"] == "cpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        trainer = CPOTrainer(model=model, args=CPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
     elif cfg["method"] == "kto":
         from trl import KTOConfig, KTOTrainer
         trainer = KTOTrainer(model=model, args=KTOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
