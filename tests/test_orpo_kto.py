@@ -133,6 +133,10 @@ def test_kto_batches_of_one_label_in_file_order_are_warned(tmp_path, tiny_cfg):
     mixed = write_jsonl(tmp_path / "mixed.jsonl", unpaired(20, 20))
     r = validate({**tiny_cfg, "method": "kto", "dataset_path": str(mixed), "per_device_train_batch_size": 4})
     assert "kto_one_label_batches" not in codes(r, "warnings")
+    r = validate({**tiny_cfg, "method": "dpo", "dataset_path": str(mixed)})  # DPO cannot: it says to use KTO
+    assert not r["valid"] and "set method: kto" in r["errors"][0]["suggestion"]
+    r = validate({**tiny_cfg, "method": "kto", "dataset_path": str(mixed), "per_device_train_batch_size": 4})
+    assert r["valid"] and not r["warnings"], r["warnings"]
     only = write_jsonl(tmp_path / "only.jsonl", unpaired(8, 0))
     r = validate({**tiny_cfg, "method": "kto", "dataset_path": str(only), "per_device_train_batch_size": 4})
     assert "kto_one_label" in codes(r, "warnings")

@@ -581,6 +581,9 @@ def _data_fix(dp: str) -> str:
         rep = check_data(dp, read_limit=200, tokenize=False)
     except PrefpilotError:
         rep = {"format": "unknown", "findings": []}
+    if rep["format"] == "unpaired":
+        return ("unpaired rows {prompt, completion, label}: set method: kto (KTOTrainer trains on them), or pair "
+                "the rows per prompt for DPO, SimPO, ORPO and CPO")
     if rep["format"] in FOREIGN_LAYOUTS:
         return (f"{rep['format']} layout: `prefpilot data convert {dp} --out F.jsonl` writes TRL's "
                 f"{trl_layout(rep['format'])} layout")
