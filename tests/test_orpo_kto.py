@@ -227,6 +227,7 @@ def test_orpo_run_logs_trls_odds_ratio_loss_and_diagnoses_as_orpo(tiny, tmp_path
     status = train(base(tiny, method="orpo", beta=beta, per_device_train_batch_size=1), tmp_path / "r",
                    progress=False)
     assert status["state"] == "completed" and status["method"] == "orpo"
+    assert status["verdict"] in ("healthy", "problems", "inconclusive") and "diagnosis_error" not in status
     rows = rundir.read_metrics(tmp_path / "r")
     assert len(rows) == 3
     for r in rows:  # a batch of one pair: the logged means are that pair's values
@@ -274,6 +275,7 @@ def test_kto_from_paired_data_through_prefpilot_train(tiny, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     st = rundir.read_status(tmp_path / "r")
     assert st["state"] == "completed" and st["method"] == "kto" and st["kto_unpaired_pairs"] == 40
+    assert st["verdict"] in ("healthy", "problems", "inconclusive") and "diagnosis_error" not in st  # live diagnosis
     rows = rundir.read_metrics(tmp_path / "r")
     assert len(rows) == 3
     for row in rows:  # every batch of two holds one desirable and one undesirable row: both rewards are logged
