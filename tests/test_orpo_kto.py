@@ -469,3 +469,20 @@ def test_cpo_run_logs_trls_cpo_loss(tiny, tmp_path):
         assert r["rewards/chosen"] == pytest.approx(beta * r["logps/chosen"], abs=1e-4)
         assert r["loss"] == pytest.approx(-logsigmoid(r["rewards/chosen"] - r["rewards/rejected"]) + r["nll_loss"],
                                           abs=1e-4)
+
+
+def test_explain_orpo_and_kto_come_from_the_skill(capsys):
+    from prefpilot.cli import main as cli
+    from prefpilot.explain import explain_loss
+    orpo_block = next(body for _, _, body, _ in blocks("orpo-formula"))
+    e = explain_loss("orpo")
+    assert e["method"] == "orpo" and e["formula"] == orpo_block and "λ" in e["explanation"]
+    assert e["starting_hyperparameters"][0]["source"].startswith("xfactlab/orpo")
+    kto = {tag: body for _, tag, body, _ in blocks("kto-formula")}
+    e = explain_loss("apo_zero_unpaired")
+    assert e["method"] == "kto" and kto["apo_zero_unpaired_undesirable"] in e["formula"]
+    assert explain_loss(None, "kto")["loss_type"] == "kto"
+    with pytest.raises(Exception, match="use one of kto, apo_zero_unpaired"):
+        explain_loss("sigmoid", "kto")
+    assert cli(["explain", "--method", "kto"]) == 0
+    assert "formula (per row; tested against TRL)" in capsys.readouterr().out

@@ -541,7 +541,7 @@ def cmd_explain(args) -> int:
         text = "\n".join(ln.lstrip("#").strip() + ":" if ln.startswith("#") else ln
                          for ln in e["explanation"].splitlines())
         out = [f"{e['method'].upper()} loss_type {e['loss_type']} — {e['heading']}", "", text, "",
-               f"formula (per pair; tested against TRL): {e['formula']}", ""]
+               f"formula (per {'row' if e['method'] == 'kto' else 'pair'}; tested against TRL): {e['formula']}", ""]
         if e["config_examples"]:
             out += ["config:", *("  " + line for c in e["config_examples"][:1] for line in c.splitlines()), ""]
         out += ["starting values (published rows):"] + [f"  {row(h)}" for h in e["starting_hyperparameters"][:4]]
@@ -764,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
     p.add_argument("loss_type", nargs="?", help="a loss_type, e.g. ipo, robust, apo_zero, simpo, hinge "
                                               "(default: the method's own, sigmoid)")
-    p.add_argument("--method", choices=["dpo", "simpo"], help="whose loss_type (default: found by name)")
+    p.add_argument("--method", choices=["dpo", "simpo", "orpo", "kto"], help="whose loss_type (default: found by name)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("mcp", help="serve the tools to agents over MCP (stdio by default)")

@@ -680,10 +680,11 @@ def build_server(ws: Workspace) -> MCPServer:
 
     @mcp.tool(title="Explain a loss type", annotations=READ_ONLY)
     @tool_errors
-    def explain_loss(loss_type: str, method: Literal["dpo", "simpo"] | None = None) -> LossExplanation:
+    def explain_loss(loss_type: str, method: Literal["dpo", "simpo", "orpo", "kto"] | None = None) -> LossExplanation:
         """Explain a loss type: formula (a Python expression per pair, tested against TRL), when to use it,
         config examples and starting hyperparameters with their sources. DPO types are TRL's DPOTrainer
-        loss_type values (sigmoid, ipo, hinge, robust, apo_zero, ...); SimPO has sigmoid and hinge."""
+        loss_type values (sigmoid, ipo, hinge, robust, apo_zero, ...); SimPO has sigmoid and hinge; ORPO has
+        one loss (loss_type orpo); KTO has kto and apo_zero_unpaired (per row, desirable and undesirable)."""
         from .explain import explain_loss as _explain
         return _explain(loss_type, method)
 
