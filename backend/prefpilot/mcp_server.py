@@ -398,7 +398,7 @@ def build_server(ws: Workspace) -> MCPServer:
     def validate_config(config: dict[str, Any] | None = None, yaml: str | None = None) -> ValidationReport:
         """Check a run config before spending compute: unknown/removed keys, types, ranges, TRL's own refusals,
         and a memory estimate for the hardware. Pass the config as an object or as YAML text (a TRL CLI
-        config works unchanged; add `method: simpo` for SimPO). Returns valid, errors and warnings
+        config works unchanged; add `method: simpo`, `orpo`, `kto` or `cpo` for those trainers). Returns valid, errors and warnings
         (each with path, code, message, suggestion), the normalised config and the estimate."""
         from .config.validate import validate
         return _json_safe(validate(ws.confine_config(_one_config(config, yaml))))
