@@ -19,9 +19,11 @@ BASE = {"method": "dpo", "model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instr
 
 def trl_parse(cfg: dict, method: str):
     """Parse a config file with TRL's own TrlParser and the dataclasses its CLI (or a CPO script) uses."""
-    from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, ScriptArguments, TrlParser
+    from trl import DatasetMixtureConfig, DPOConfig, KTOConfig, ModelConfig, ScriptArguments, TrlParser
     from trl.experimental.cpo import CPOConfig
-    types = (ScriptArguments, DPOConfig if method == "dpo" else CPOConfig, ModelConfig, DatasetMixtureConfig)
+    from trl.experimental.orpo import ORPOConfig
+    trainer_config = {"dpo": DPOConfig, "orpo": ORPOConfig, "kto": KTOConfig}.get(method, CPOConfig)
+    types = (ScriptArguments, trainer_config, ModelConfig, DatasetMixtureConfig)
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():  # nothing left in the temp folder
         path = os.path.join(d, "trl.yaml")
         with open(path, "w", encoding="utf-8") as fh:

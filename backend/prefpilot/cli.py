@@ -562,7 +562,7 @@ def cmd_explain(args) -> int:
         text = "\n".join(ln.lstrip("#").strip() + ":" if ln.startswith("#") else ln
                          for ln in e["explanation"].splitlines())
         out = [f"{e['method'].upper()} loss_type {e['loss_type']} — {e['heading']}", "", text, "",
-               f"formula (per pair; tested against TRL): {e['formula']}", ""]
+               f"formula (per {'row' if e['method'] == 'kto' else 'pair'}; tested against TRL): {e['formula']}", ""]
         if e["config_examples"]:
             out += ["config:", *("  " + line for c in e["config_examples"][:1] for line in c.splitlines()), ""]
         out += ["starting values (published rows):"] + [f"  {row(h)}" for h in e["starting_hyperparameters"][:4]]
@@ -638,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hardware_flags(p)
 
     p = sub.add_parser("plan", help="a complete run config from the published hyperparameter tables")
-    p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
+    p.add_argument("--method", choices=["dpo", "simpo", "orpo", "kto"], default="dpo", help="the trainer (default dpo)")
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="hub id or local folder")
     p.add_argument("--dataset-size", type=COUNT, help="number of preference pairs (sizes the batch)")
     p.add_argument("--dataset-path", default="builtin:arith-prefs",
@@ -651,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     _hardware_flags(p)
 
-    p = sub.add_parser("train", help="validate, then train with TRL (DPOTrainer, or CPO in SimPO mode)")
+    p = sub.add_parser("train", help="validate, then train with TRL (DPOTrainer, CPO in SimPO mode, ORPOTrainer or KTOTrainer)")
     p.add_argument("config", help="the run config (YAML or JSON)")
     p.add_argument("--run-dir", help="where status.json, metrics.jsonl, checkpoints go (default runs/<time>-...)")
     p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
@@ -796,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="formula, use and starting hyperparameters of a loss type")
     p.add_argument("loss_type", nargs="?", help="a loss_type, e.g. ipo, robust, apo_zero, simpo, hinge "
                                               "(default: the method's own, sigmoid)")
-    p.add_argument("--method", choices=["dpo", "simpo"], help="whose loss_type (default: found by name)")
+    p.add_argument("--method", choices=["dpo", "simpo", "orpo", "kto"], help="whose loss_type (default: found by name)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("mcp", help="serve the tools to agents over MCP (stdio by default)")
@@ -832,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = ss.add_parser("generate", help="regenerate from the installed TRL (imports TRL)")
     g.add_argument("--check", action="store_true", help="exit 1 if stale; write nothing")
     g = ss.add_parser("show", help="print a schema, or one key's entry")
-    g.add_argument("method", choices=["dpo", "simpo"], help="whose schema")
+    g.add_argument("method", choices=["dpo", "simpo", "orpo", "kto", "cpo"], help="whose schema")
     g.add_argument("key", nargs="?", help="one config key (default: the whole schema)")
     _name_subcommands(ap)
     return ap

@@ -34,13 +34,45 @@ def _describe(heading: str, body: str, source_file: str) -> dict:
 def loss_types(method: str) -> list[str]:
     if method == "simpo":
         return list(SIMPO_SECTIONS)
+    if method in OWN_LOSSES:
+        return list(OWN_LOSSES[method])
     return list(load_table("dpo")["loss_types"])
+
+
+ORPO_KTO_DOC = "trl-fine-tuning/references/orpo-kto.md"
+# ORPO has one loss; KTO's loss_type values (KTOConfig's choices) -> the prefix of their formula tags
+OWN_LOSSES = {"orpo": {"orpo": ""}, "kto": {"kto": "", "apo_zero_unpaired": "apo_zero_unpaired_"}}
+
+
+def _explain_orpo_kto(lt: str, method: str) -> dict:
+    if lt not in OWN_LOSSES[method]:
+        raise PrefpilotError(f"{method.upper()} loss_type {lt!r}: use one of {', '.join(OWN_LOSSES[method])}",
+                             code="unknown_loss_type")
+    sections = _sections(ORPO_KTO_DOC)
+    heading = next(h for h in sections if h.startswith(method.upper() + ":"))
+    body = sections[heading]
+    out = _describe(heading, body, f"skills/mlops/{ORPO_KTO_DOC}")
+    forms = {(m.group("lang"), m.group("tag")): m.group("body") for m in BLOCK.finditer(body)}
+    if method == "orpo":
+        out["formula"], tag = forms[("orpo-formula", None)], "orpo"
+    else:
+        prefix = OWN_LOSSES["kto"][lt]
+        out["formula"] = "; ".join(f"{side} row: {forms[('kto-formula', prefix + side)]}"
+                                   for side in ("desirable", "undesirable"))
+        tag = prefix + "desirable|undesirable"
+    table = load_table(method)
+    out.update(loss_type=lt, method=method, formula_tag=tag, typical_ranges=table["ranges"],
+               starting_hyperparameters=[{k: r[k] for k in ("model", "beta", "learning_rate", "source")}
+                                         for r in table["rows"]])
+    return out
 
 
 def explain_loss(loss_type: str | None = None, method: str | None = None) -> dict:
     """Formula (as a Python expression per pair), explanation, config examples and starting values.
 
     Without a loss_type: the method's default (sigmoid, for DPO as for SimPO), with the others listed."""
+    if loss_type is None and method in OWN_LOSSES:
+        return _explain_orpo_kto(method, method)
     if loss_type is None:
         out = explain_loss("sigmoid", method or "dpo")
         others = [t for t in loss_types(out["method"]) if t != "sigmoid"]
@@ -49,9 +81,12 @@ def explain_loss(loss_type: str | None = None, method: str | None = None) -> dic
         return out
     lt = str(loss_type).strip().lower()
     if method is None:
-        method = "simpo" if lt == "simpo" else "dpo"
+        method = ("simpo" if lt == "simpo" else "orpo" if lt == "orpo" else
+                  "kto" if lt in OWN_LOSSES["kto"] else "dpo")
+    if method in OWN_LOSSES:
+        return _explain_orpo_kto(lt, method)
     if method not in ("dpo", "simpo"):
-        raise PrefpilotError(f"method {method!r}: use dpo or simpo", code="bad_method")
+        raise PrefpilotError(f"method {method!r}: use dpo, simpo, orpo or kto", code="bad_method")
     if method == "simpo":
         lt = "sigmoid" if lt == "simpo" else lt
         if lt not in SIMPO_SECTIONS:

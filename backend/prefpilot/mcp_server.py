@@ -401,14 +401,14 @@ def build_server(ws: Workspace) -> MCPServer:
     def validate_config(config: dict[str, Any] | None = None, yaml: str | None = None) -> ValidationReport:
         """Check a run config before spending compute: unknown/removed keys, types, ranges, TRL's own refusals,
         and a memory estimate for the hardware. Pass the config as an object or as YAML text (a TRL CLI
-        config works unchanged; add `method: simpo` for SimPO). Returns valid, errors and warnings
+        config works unchanged; add `method: simpo`, `orpo`, `kto` or `cpo` for those trainers). Returns valid, errors and warnings
         (each with path, code, message, suggestion), the normalised config and the estimate."""
         from .config.validate import validate
         return _json_safe(validate(ws.confine_config(_one_config(config, yaml))))
 
     @mcp.tool(title="Plan a run from published hyperparameters", annotations=READ_ONLY)
     @tool_errors
-    def plan_run(method: Literal["dpo", "simpo"] = "dpo", model: str = DEFAULT_MODEL,
+    def plan_run(method: Literal["dpo", "simpo", "orpo", "kto"] = "dpo", model: str = DEFAULT_MODEL,
                  # the bounds plan() checks (config/limits.py), declared so the tool's schema shows them
                  gpu_memory_gb: Annotated[float | None, Field(gt=0, le=limits.MAX_GPU_MEMORY_GB, allow_inf_nan=False,
                                                               description="GB per GPU; omit for this machine")] = None,
@@ -686,10 +686,11 @@ def build_server(ws: Workspace) -> MCPServer:
 
     @mcp.tool(title="Explain a loss type", annotations=READ_ONLY)
     @tool_errors
-    def explain_loss(loss_type: str, method: Literal["dpo", "simpo"] | None = None) -> LossExplanation:
+    def explain_loss(loss_type: str, method: Literal["dpo", "simpo", "orpo", "kto"] | None = None) -> LossExplanation:
         """Explain a loss type: formula (a Python expression per pair, tested against TRL), when to use it,
         config examples and starting hyperparameters with their sources. DPO types are TRL's DPOTrainer
-        loss_type values (sigmoid, ipo, hinge, robust, apo_zero, ...); SimPO has sigmoid and hinge."""
+        loss_type values (sigmoid, ipo, hinge, robust, apo_zero, ...); SimPO has sigmoid and hinge; ORPO has
+        one loss (loss_type orpo); KTO has kto and apo_zero_unpaired (per row, desirable and undesirable)."""
         from .explain import explain_loss as _explain
         return _explain(loss_type, method)
 

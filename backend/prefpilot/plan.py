@@ -209,11 +209,15 @@ def check_plan_arguments(gpu_memory_gb=None, num_gpus=None, dataset_size=None, m
                              code="bad_argument", path="/bf16_supported")
 
 
+PLAN_METHODS = ("dpo", "simpo", "orpo", "kto")
+
+
 def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct", gpu_memory_gb: float | None = None,
          num_gpus: int | None = None, dataset_size: int | None = None, dataset_path: str = "builtin:arith-prefs",
          bf16_supported: bool | None = None, max_length: int = 1024, model_params: float | None = None) -> dict:
-    if method not in ("dpo", "simpo"):
-        raise PrefpilotError(f"method must be dpo or simpo, got {method!r}", code="bad_method", path="/method")
+    if method not in PLAN_METHODS:
+        raise PrefpilotError(f"method must be one of {', '.join(PLAN_METHODS)}, got {method!r}", code="bad_method",
+                             path="/method")
     if not model or not isinstance(model, str):
         raise PrefpilotError("model must be a model id or a local path", code="required", path="/model")
     check_plan_arguments(gpu_memory_gb, num_gpus, dataset_size, max_length, model_params, bf16_supported)
@@ -238,6 +242,14 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
         cfg.update(gamma_beta_ratio=row["gamma_beta_ratio"], loss_type="sigmoid", sft_weight=0.0)
         rationale.append(f"SimPO: β = {row['beta']}, γ/β = {row['gamma_beta_ratio']} → simpo_gamma = "
                          f"{row['beta'] * row['gamma_beta_ratio']:g}; no reference model")
+    elif method == "orpo":
+        rationale.append(f"ORPO: λ (TRL's beta) = {row['beta']}, learning rate {row['learning_rate']:g}: the odds-ratio "
+                         "weight beside the NLL term; no reference model and no SFT stage (ORPO is the SFT)")
+    elif method == "kto":
+        cfg["loss_type"] = "kto"
+        rationale.append(f"KTO: β = {row['beta']}, learning rate {row['learning_rate']:g}, desirable_weight = "
+                         "undesirable_weight = 1 (right for paired data, which gives one desirable and one "
+                         "undesirable row per pair; for unpaired data `prefpilot validate` checks the balance)")
     else:
         cfg["loss_type"] = "sigmoid"
         rationale.append(f"DPO sigmoid loss, β = {row['beta']} (the published baseline for this row)")
@@ -260,6 +272,9 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
                              f"of {total}: use more pairs, or more epochs (num_train_epochs)")
     ndev = max(1, hw.get("num_gpus") or 1) if gpu else 1
     per_device = 2 if gpu else 4
+    if method == "kto":  # TRL's KTO docs: at least 4 per device, the KL estimate is per batch
+        per_device = 4
+        rationale.append("KTO: 4 rows per device, the smallest batch TRL's KTO docs accept for the KL estimate")
     cfg["per_device_train_batch_size"] = per_device
     cfg["gradient_accumulation_steps"] = max(1, total // (per_device * ndev))
     if gpu and hw.get("bf16_supported"):
@@ -282,7 +297,7 @@ def plan(method: str = "dpo", model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     est, ok = fits()
     steps = [("activation_checkpointing", {"activation_checkpointing": True},
               "recomputes activations in the backward (~30% slower) to cut activation memory")]
-    if method == "dpo":
+    if method in ("dpo", "kto"):
         steps.append(("precompute_ref_log_probs", {"precompute_ref_log_probs": True},
                       "reference log-probs computed once up front; no reference model in memory"))
     steps.append(("lora", {"use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,

@@ -62,7 +62,7 @@ def run_path(run_id: str, root: str | Path | None = None, *, must_exist: bool = 
 def new_run_id(config: dict) -> str:
     model = str(config.get("model_name_or_path", "model")).rstrip("/").split("/")[-1].lower()
     model = re.sub(r"[^a-z0-9]+", "-", model).strip("-")[:32] or "model"
-    method = config.get("method", "dpo") if config.get("method") in ("dpo", "simpo") else "dpo"
+    method = config.get("method", "dpo") if config.get("method") in ("dpo", "simpo", "orpo", "kto", "cpo") else "dpo"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{model}-{secrets.token_hex(8)}"  # 64 random bits
 
 

@@ -18,7 +18,9 @@ from .errors import PrefpilotError
 
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 TABLE_FILES = {"dpo": "trl-fine-tuning/references/hyperparameters.yaml",
-               "simpo": "simpo/references/hyperparameters.yaml"}
+               "simpo": "simpo/references/hyperparameters.yaml",
+               "orpo": "trl-fine-tuning/references/orpo-hyperparameters.yaml",
+               "kto": "trl-fine-tuning/references/kto-hyperparameters.yaml"}
 
 
 def bundle_root() -> Path:
@@ -73,11 +75,12 @@ def read_skill(name: str, file: str = "SKILL.md") -> str:
     return (skill_path(name) / file).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def load_table(method: str) -> dict:
-    """The hyperparameter table (as data) for ``dpo`` or ``simpo``."""
+    """The hyperparameter table (as data) for ``dpo``, ``simpo``, ``orpo`` or ``kto``."""
     if method not in TABLE_FILES:
-        raise PrefpilotError(f"no hyperparameter table for method {method!r}; use dpo or simpo", code="bad_method")
+        raise PrefpilotError(f"no hyperparameter table for method {method!r}; use one of {', '.join(TABLE_FILES)}",
+                             code="bad_method")
     path = bundle_root() / "skills" / "mlops" / TABLE_FILES[method]
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
@@ -103,6 +106,16 @@ def render_table(method: str) -> str:
         body = _table(["model", "β", "γ/β", "TRL simpo_gamma", "learning rate", "source"],
                       [[r["model"], r["beta"], r["gamma_beta_ratio"], round(r["beta"] * r["gamma_beta_ratio"], 4),
                         r["learning_rate"], r["source"]] for r in t["rows"]])
+    elif method in ("orpo", "kto"):
+        shown = ("id", "family", "params_b", "variant", "model", "beta", "learning_rate", "num_train_epochs",
+                 "total_batch_size", "source")
+        body = _table(["model", "λ (TRL beta)" if method == "orpo" else "β", "learning rate", "epochs", "total batch",
+                       "other", "source"],
+                      [[r["model"], r["beta"], r["learning_rate"], r.get("num_train_epochs"), r.get("total_batch_size"),
+                        ", ".join(f"{k}={_fmt(v)}" for k, v in r.items() if k not in shown) or "—", r["source"]]
+                       for r in t["rows"]])
+        body += "\n\n" + _table(["TRL default", "value"], [[k, v] for k, v in t["defaults"].items() if k != "source"]) \
+            + f"\n\n(TRL defaults: {t['defaults']['source']})"
     else:
         body = _table(["model", "β", "learning rate", "source"],
                       [[r["model"], r["beta"], r["learning_rate"], r["source"]] for r in t["rows"]])

@@ -2,12 +2,13 @@
 
 Per device, in GB (1e9 bytes):
   weights     P × bytes(load dtype); QLoRA: 0.55 bytes/param (4-bit NF4 + quantisation constants)
-  reference   one more copy of the weights for DPO, unless PEFT (adapter disabled = reference),
-              precomputed reference log-probs, or SimPO (reference-free)
+  reference   one more copy of the weights for DPO and KTO, unless PEFT (adapter disabled = reference),
+              precomputed reference log-probs; none for SimPO and ORPO (reference-free)
   gradients   trainable params × 4 bytes (fp32 master grads) for full training in fp32,
               × bytes(dtype) when the weights are loaded in half precision
   optimizer   trainable params × bytes per param of the optimizer state (AdamW: 8, 8-bit Adam: 2, SGD: 4, Adafactor: ~4)
-  activations tokens × layers × hidden × k bytes, tokens = 2 (chosen+rejected) × batch × max_length;
+  activations tokens × layers × hidden × k bytes, tokens = 2 (chosen+rejected) × batch × max_length
+              (KTO: its batch of unpaired rows plus their mismatched KL completions, also 2 × batch × max_length);
               k ≈ 34 × bytes(compute)/2 without gradient checkpointing (Korthikanti et al. 2022,
               arXiv:2205.05198, attention-score term dropped: SDPA/flash kernels do not store it),
               and 2 × bytes(compute) (one saved layer input per layer) with it
@@ -16,7 +17,7 @@ Per device, in GB (1e9 bytes):
               the compute dtype is live; on a CPU the torch fallback keeps ~11 fp32 tile-sized temporaries
               (44 bytes per tile cell, fitted with bench/memory_estimate.py). Its backward adds fp32 gradients
               for the hidden states (tokens × hidden) and, when the head is trained, the head (vocab × hidden).
-              SimPO goes through TRL's CPO trainer, which materialises the full logits: tokens × vocab ×
+              KTO uses the same fused head. SimPO and ORPO go through TRL's CPO/ORPO trainers, which materialise the full logits: tokens × vocab ×
               bytes(compute) × 6 (the logits, then in backward the log-sum-exp gradient, the gather's scatter,
               the shifted view's padded gradient and their sums; fitted on a CPU, likely high on a GPU).
   sharding    with several GPUs, weights/gradients/optimizer states are divided by their number (FSDP/ZeRO-3)
@@ -145,7 +146,7 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
     qlora = peft and bool(config.get("load_in_4bit"))
     weights = P * (0.55 if qlora else wbytes)
     reference = 0.0
-    if method == "dpo" and not peft and not config.get("precompute_ref_log_probs"):
+    if method in ("dpo", "kto") and not peft and not config.get("precompute_ref_log_probs"):
         reference = P * wbytes
     trainable = lora_trainable(P, arch, int(config.get("lora_r", 16)), config.get("lora_target_modules")) if peft else P
     grads = trainable * (4 if peft else wbytes)
@@ -161,7 +162,7 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
     h, L, V = arch["hidden_size"], arch["num_hidden_layers"], arch["vocab_size"]
     per_token_layer = (2 * cbytes) if ckpt else (34 * cbytes / 2)
     activations = tokens * L * h * per_token_layer + (tokens * h * 34 * cbytes / 2 if ckpt else 0)
-    if method == "simpo":
+    if method in ("simpo", "orpo", "cpo"):  # TRL's CPO and ORPO trainers build the full logits
         lm_head = tokens * V * cbytes * SIMPO_LOGIT_COPIES
     else:
         tile = min(tokens, TILE_TOKENS) * min(V, TILE_VOCAB) * (cbytes if gpu else CPU_TILE_BYTES)
@@ -185,7 +186,7 @@ def estimate_memory(config: dict, hardware: dict) -> dict:
                         "per_device_train_batch_size": batch, "max_length": seq,
                         "sharded_over_gpus": shards,
                         "gradients_coexist_with_activations": accumulate,
-                        "lm_head": "full logits (CPO trainer)" if method == "simpo" else
+                        "lm_head": "full logits (CPO/ORPO trainer)" if method in ("simpo", "orpo", "cpo") else
                                    f"TRL fused LM head, {'Triton' if gpu else 'torch fallback'} tiles"},
         "device_memory_gb": hardware.get("gpu_memory_gb") or hardware.get("ram_gb"),
         "device": "gpu" if gpu else "cpu",

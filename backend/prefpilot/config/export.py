@@ -54,12 +54,24 @@ def export_trl(config: dict) -> tuple[dict, list[str]]:
         notes.append("TRL turns bf16 on by default and transformers refuses bf16 without a bf16 GPU unless "
                      "use_cpu is set (`prefpilot train` sets it on a machine without CUDA; this file does not): "
                      "on a CPU add use_cpu: true and bf16: false")
+    if method == "cpo":
+        notes.append("CPO runs through TRL's experimental CPOTrainer (trl.experimental.cpo), which has no `trl` CLI "
+                     "command: parse this file with TrlParser((ScriptArguments, CPOConfig, ModelConfig, "
+                     "DatasetMixtureConfig)) in your own script")
     if method == "simpo":
         notes.append("SimPO runs through TRL's experimental CPOTrainer (loss_type simpo), which has no `trl` CLI "
                      "command: parse this file with TrlParser((ScriptArguments, CPOConfig, ModelConfig, "
                      "DatasetMixtureConfig)) in your own script")
         if cfg.get("simpo_loss") == "hinge":
             notes.append("simpo_loss hinge is prefpilot's (TRL's CPO hinge has no γ): TRL will train the sigmoid form")
+    elif method == "orpo":
+        notes.append("ORPO runs through TRL's experimental ORPOTrainer (trl.experimental.orpo), which has no `trl` "
+                     "CLI command and no script in TRL 1.16: parse this file with TrlParser((ScriptArguments, "
+                     "ORPOConfig, ModelConfig, DatasetMixtureConfig)) in your own script and pass the dataset to "
+                     "ORPOTrainer (DPO's paired format)")
+    elif method == "kto":
+        notes.append("run it with: trl kto --config <this file> (TRL's scripts/kto.py: KTOTrainer; paired data is "
+                     "unpaired by TRL itself, chosen rows of each 1000-row chunk before its rejected rows)")
     else:
         notes.append("run it with: trl dpo --config <this file>")
     return out, notes

@@ -26,8 +26,9 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 # prefpilot's additions, common to both methods.
 PREFPILOT_FIELDS = {
-    "method": {"enum": ["dpo", "simpo"], "default": "dpo",
-               "description": "prefpilot: which trainer runs this config (DPOTrainer or TRL's CPO trainer in SimPO mode)."},
+    "method": {"enum": ["dpo", "simpo", "orpo", "kto", "cpo"], "default": "dpo",
+               "description": "prefpilot: which trainer runs this config (DPOTrainer, TRL's CPO trainer in SimPO mode, "
+                              "TRL's experimental ORPOTrainer, KTOTrainer, or TRL's CPO trainer as it is)."},
     "dataset_path": {"type": "string", "minLength": 1,
                      "description": "prefpilot: a local .jsonl/.json/.parquet/.csv file, or builtin:<name> for a dataset shipped with prefpilot."},
     "model_params": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_MODEL_PARAMS, "x-code": "range",
@@ -305,6 +306,50 @@ def build_simpo() -> dict:
     return _wrap("simpo", props, sources, [])
 
 
+def build_orpo() -> dict:
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
+    from trl.experimental.orpo import ORPOConfig
+    props, sources = field_schemas([ScriptArguments, ORPOConfig, ModelConfig, DatasetMixtureConfig])
+    common_constraints(props)
+    # ORPOConfig's beta is the paper's λ (the weight of the odds-ratio term beside the NLL term), not DPO's β
+    props["beta"].update(_c({"exclusiveMinimum": 0}, "range", "beta (ORPO's λ, the odds-ratio weight) must be > 0"))
+    props.update(PREFPILOT_FIELDS)
+    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["orpo"]}
+    return _wrap("orpo", props, sources, [])
+
+
+def build_kto() -> dict:
+    from trl import DatasetMixtureConfig, KTOConfig, ModelConfig, ScriptArguments
+    props, sources = field_schemas([ScriptArguments, KTOConfig, ModelConfig, DatasetMixtureConfig])
+    props["loss_type"] = {**props["loss_type"], "x-code": "unknown_loss_type",
+                          "x-message": "KTO loss_type must be kto or apo_zero_unpaired"}
+    for key in ("desirable_weight", "undesirable_weight"):
+        props[key].update(_c({"exclusiveMinimum": 0, "maximum": 1000}, "range", f"{key} must be > 0 (at most 1000)"))
+    props["ref_model_mixup_alpha"].update(_c({"minimum": 0, "maximum": 1}, "range", "ref_model_mixup_alpha must be in [0, 1]"))
+    common_constraints(props)
+    props.update(PREFPILOT_FIELDS)
+    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["kto"]}
+    return _wrap("kto", props, sources, [])
+
+
+def build_cpo() -> dict:
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
+    from trl.experimental.cpo import CPOConfig
+    props, sources = field_schemas([ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig])
+    props["loss_type"] = {**props["loss_type"], "x-code": "unknown_loss_type",
+                          "x-message": "CPO loss_type must be one of " + ", ".join(props["loss_type"]["enum"])}
+    props["label_smoothing"].update(_c({"minimum": 0, "exclusiveMaximum": 0.5}, "range", "label_smoothing must be in [0, 0.5)"))
+    props["simpo_gamma"].update(_c({"minimum": 0}, "range", "simpo_gamma (γ) must be ≥ 0"))
+    props["cpo_alpha"].update(_c({"minimum": 0}, "range", "cpo_alpha (the NLL/BC weight) must be ≥ 0"))
+    common_constraints(props)
+    props.update(PREFPILOT_FIELDS)
+    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["cpo"]}
+    return _wrap("cpo", props, sources, [])
+
+
+BUILDERS = {"dpo": build_dpo, "simpo": build_simpo, "orpo": build_orpo, "kto": build_kto, "cpo": build_cpo}
+
+
 def _wrap(method, props, sources, rules) -> dict:
     import transformers
     import trl
@@ -329,7 +374,7 @@ def generate(check: bool = False) -> list[str]:
     """Write (or with ``check``, compare) the schema files; returns those that differ."""
     SCHEMA_DIR.mkdir(exist_ok=True)
     stale = []
-    for method, build in (("dpo", build_dpo), ("simpo", build_simpo)):
+    for method, build in BUILDERS.items():
         text = json.dumps(build(), indent=1, ensure_ascii=False, default=str) + "\n"
         path = SCHEMA_DIR / f"{method}.json"
         if not path.exists() or path.read_text(encoding="utf-8") != text:

@@ -1,6 +1,6 @@
 """Turn a run config into what TRL's config classes take.
 
-DPO: `loss_type` becomes a list. SimPO: the SimPO paper's names become TRL's
+DPO: `loss_type` becomes a list. ORPO and KTO: TRL's ORPOConfig/KTOConfig keys as they are. SimPO: the SimPO paper's names become TRL's
 CPOConfig names (simpo_gamma = gamma_beta_ratio × beta, cpo_alpha = sft_weight),
 and the defaults that differ between the paper and TRL are made explicit.
 """
@@ -15,9 +15,12 @@ SIMPO_DEFAULT_BETA = 2.0
 SIMPO_DEFAULT_RATIO = 0.5
 
 
+METHODS = ("dpo", "simpo", "orpo", "kto", "cpo")  # what prefpilot trains
+
+
 def method_of(config: dict) -> str:
     m = config.get("method", "dpo")
-    return m if m in ("dpo", "simpo") else "dpo"
+    return m if m in METHODS else "dpo"
 
 
 def normalize(config: dict) -> tuple[dict, list[str]]:
@@ -29,6 +32,16 @@ def normalize(config: dict) -> tuple[dict, list[str]]:
     if method == "dpo":
         if isinstance(cfg.get("loss_type"), str):
             cfg["loss_type"] = [cfg["loss_type"]]
+        return cfg, notes
+    if method == "orpo":  # TRL's ORPOConfig as is: beta is the odds-ratio weight λ
+        b = cfg.get("beta", 0.1)
+        notes.append(f"ORPO: beta {b:g} is the paper's λ, the weight of the odds-ratio term beside the NLL term "
+                     "(loss = NLL(chosen) − λ·log σ(log-odds ratio)), not DPO's β (there is no reference model); "
+                     "ORPOConfig's default and the paper's value are both 0.1, so a DPO config's 0.1 carries over "
+                     "unchanged, but larger values (SimPO's 2.0) make the odds-ratio term outweigh the NLL"
+                     if isinstance(b, (int, float)) else "ORPO: beta is the paper's λ (odds-ratio weight)")
+        return cfg, notes
+    if method in ("kto", "cpo"):  # TRL's KTOConfig / CPOConfig as they are
         return cfg, notes
 
     loss = cfg.get("loss_type", "sigmoid")

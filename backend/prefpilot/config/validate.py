@@ -53,6 +53,10 @@ LABEL_SMOOTHING_LOSSES = {"robust", "exo_pair", "aot", "aot_unpaired"}
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
 
+METHODS = ("dpo", "simpo", "orpo", "kto", "cpo")
+NAMES = {"dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO", "kto": "KTO", "cpo": "CPO"}
+
+
 class Report(dict):
     """{"valid", "method", "errors", "warnings", "normalized", "estimate", "notes"}; a dict, so it is JSON as is."""
 
@@ -70,12 +74,12 @@ def finding(path: str, code: str, message: str, suggestion: str | None = None) -
     return {"path": path[:200], "code": code, "message": message, "suggestion": suggestion}
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)
 def schema(method: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{method}.json").read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)
 def _validator(method: str):
     import jsonschema
     return jsonschema.Draft202012Validator(schema(method))
@@ -103,22 +107,25 @@ def _key_findings(config: dict, method: str) -> tuple[list, set]:
     """Unknown, removed, renamed and wrong-method keys; returns (errors, keys to drop before schema checks)."""
     errors, drop = [], set()
     props = schema(method)["properties"]
-    other = schema("simpo" if method == "dpo" else "dpo")["properties"]
+    others = {m: schema(m)["properties"] for m in METHODS if m != method}
     for key in config:
         if key in props:
             continue
         drop.add(key)
         path = _ptr([key])
+        owners = [m for m, p in others.items() if key in p]
         if key in REMOVED_KEYS:
             new = RENAMED_KEYS.get(key)
             errors.append(finding(path, "renamed_key" if new else "removed_key", f"`{key}` is not accepted by the "
                                   f"installed TRL: {REMOVED_KEYS[key]}", f"use `{new}`" if new else REMOVED_KEYS[key]))
-        elif key in other:
-            hint = ("set method: simpo" if method == "dpo" else
-                    "remove it: SimPO has no reference model" if "ref" in key or key in ("ld_alpha", "sync_ref_model")
-                    else "remove it, or set method: dpo")
-            errors.append(finding(path, "wrong_method", f"`{key}` is a {'SimPO' if method == 'dpo' else 'DPO'} option "
-                                  f"and this is a {method} run", hint))
+        elif owners:
+            no_ref = method in ("simpo", "orpo", "cpo") and ("ref" in key or key in ("ld_alpha", "sync_ref_model"))
+            hint = (f"remove it: {NAMES[method]} has no reference model" if no_ref else
+                    f"remove it, or set method: {owners[0]}")
+            if method == "dpo" and "simpo" in owners and "orpo" not in owners and "kto" not in owners:
+                hint = "set method: simpo"
+            errors.append(finding(path, "wrong_method", f"`{key}` is a {'/'.join(NAMES[m] for m in owners)} option "
+                                  f"and this is {'an' if method == 'orpo' else 'a'} {method} run", hint))
         else:
             near = _did_you_mean(key, props)
             errors.append(finding(path, "unknown_key", f"unknown key `{key}`" + (f"; did you mean `{near}`?" if near else ""),
@@ -244,6 +251,10 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         if cfg.get("precompute_ref_log_probs") and peft:
             warns.append(finding("/precompute_ref_log_probs", "no_effect", "with PEFT no reference model is held in "
                                  "memory anyway; precomputing only saves the adapter-off forward", None))
+    if method == "kto":
+        e, w = _kto_rules(cfg, peft)
+        errs += e
+        warns += w
     targets = cfg.get("lora_target_modules")
     if peft and isinstance(targets, list) and "lm_head" in targets:
         errs.append(finding("/lora_target_modules", "incompatible", "TRL computes log-probs from lm_head.weight "
@@ -282,6 +293,74 @@ def _rule_findings(cfg: dict, raw: dict, method: str, hw: dict) -> tuple[list, l
         warns.append(finding("/" + name.replace(".", "/"), "security", f"{name} runs Python shipped with the model",
                              "only for models whose code you have read"))
     return errs, warns
+
+
+KTO_BATCH_DEFAULT = 8  # TrainingArguments' per_device_train_batch_size
+
+
+def _kto_rules(cfg: dict, peft: bool) -> tuple[list, list]:
+    """What KTOTrainer refuses at start (trl/trainer/kto_trainer.py, TRL 1.16) and what it silently mis-trains."""
+    errs, warns = [], []
+    kl = cfg.get("loss_type", "kto") == "kto"  # apo_zero_unpaired has no KL term
+    bs = cfg.get("per_device_train_batch_size", KTO_BATCH_DEFAULT)
+    if kl and isinstance(bs, int) and bs <= 1:
+        errs.append(finding("/per_device_train_batch_size", "kto_batch", "KTO estimates its KL term from the other "
+                            "completions of the same per-device batch (each row's completion paired with its "
+                            "neighbour's prompt); with a batch of 1 the KL term equals the row's own reward and "
+                            "KTOTrainer refuses to start (\"Actual (not effective) batch size must be > 1\")",
+                            "set per_device_train_batch_size: 2 or more (gradient_accumulation_steps does not count)"))
+    strategy = cfg.get("train_sampling_strategy", "sequential")
+    if kl and strategy != "sequential":
+        errs.append(finding("/train_sampling_strategy", "incompatible", f"train_sampling_strategy {strategy!r}: KTO's "
+                            "KL completions are fixed against their neighbours in file order, and KTOTrainer refuses "
+                            "any sampling but sequential for loss_type kto", "remove train_sampling_strategy "
+                            "(KTOConfig's default is sequential); shuffle the file instead"))
+    if cfg.get("sync_ref_model") and peft:
+        errs.append(finding("/sync_ref_model", "incompatible", "sync_ref_model (TR-DPO) is not compatible with PEFT "
+                            "(KTOConfig's help): the reference is the base model with the adapter off",
+                            "set sync_ref_model: false"))
+    if cfg.get("sync_ref_model") and cfg.get("precompute_ref_log_probs"):
+        errs.append(finding("/sync_ref_model", "incompatible", "sync_ref_model has no effect with "
+                            "precompute_ref_log_probs (the reference log-probs are fixed before training)",
+                            "drop one of the two"))
+    return errs, warns
+
+
+# KTO paper (Ethayarajh et al. 2024, arXiv:2402.01306) Eq. (8), as TRL's KTOTrainer checks it:
+# λ_D·n_D / (λ_U·n_U) in [1, 4/3]
+KTO_BALANCE = (1.0, 4 / 3)
+
+
+def kto_data_warnings(cfg: dict, rows: list, source: str) -> list:
+    """Class balance against desirable_weight/undesirable_weight, and batches that would hold one label only."""
+    from ..datacheck.layouts import kto_rows, label_counts, one_label_batches
+    n_d, n_u = label_counts(rows)
+    out = []
+    dw, uw = cfg.get("desirable_weight", 1.0), cfg.get("undesirable_weight", 1.0)
+    if n_d and n_u and isinstance(dw, (int, float)) and isinstance(uw, (int, float)) and dw > 0 and uw > 0:
+        ratio = dw * n_d / (uw * n_u)
+        if not KTO_BALANCE[0] - 5e-3 <= ratio <= KTO_BALANCE[1] + 5e-3:
+            lo, hi = n_u * uw / n_d, KTO_BALANCE[1] * n_u * uw / n_d
+            ulo, uhi = n_d * dw / n_u / KTO_BALANCE[1], n_d * dw / n_u
+            out.append(finding("/desirable_weight", "kto_class_balance", f"{source}: {n_d} desirable and {n_u} "
+                               f"undesirable rows with desirable_weight {dw:g} and undesirable_weight {uw:g} give "
+                               f"desirable_weight·n_D / (undesirable_weight·n_U) = {ratio:.3g}; the KTO paper "
+                               "(Ethayarajh et al. 2024, Eq. 8) and TRL's KTOTrainer want it in [1, 4/3]",
+                               f"set EITHER desirable_weight in [{lo:.3g}, {hi:.3g}] OR undesirable_weight in "
+                               f"[{ulo:.3g}, {uhi:.3g}] (not both)"))
+    elif not (n_d and n_u) and (n_d or n_u):
+        out.append(finding("/dataset_path", "kto_one_label", f"{source}: every row is "
+                           f"{'desirable' if n_d else 'undesirable'}: KTO has nothing to contrast it with",
+                           "add rows of the other label"))
+    bs = cfg.get("per_device_train_batch_size", KTO_BATCH_DEFAULT)
+    if n_d and n_u and isinstance(bs, int) and bs > 1:
+        one, total = one_label_batches(kto_rows(rows)[0], bs)
+        if total and one > total / 2:
+            out.append(finding("/dataset_path", "kto_one_label_batches", f"{source}: read in file order (KTO's "
+                               f"sequential sampling), {one} of {total} batches of {bs} hold a single label: those "
+                               "steps train only one side of the loss", "shuffle the file so that labels mix "
+                               "(paired data is interleaved by prefpilot already)"))
+    return out
 
 
 def _ignored_option_warnings(cfg: dict, raw: dict, method: str) -> list:
@@ -346,6 +425,26 @@ def _range_warnings(cfg: dict, method: str) -> list:
         if method == "simpo" and beta > beta_r["sane"][1]:
             out.append(finding("/beta", "beta_high", f"beta {beta:g} is above the SimPO range {beta_r['sane'][0]:g}–"
                                f"{beta_r['sane'][1]:g}", "try 10 at most"))
+    if method in ("orpo", "kto") and isinstance(beta, (int, float)) and beta > 0 and beta_r:
+        name = "λ (ORPO's odds-ratio weight, TRL's beta)" if method == "orpo" else "KTO's β"
+        if beta > beta_r["sane"][1]:
+            out.append(finding("/beta", "beta_high", f"beta {beta:g} is above the accepted {beta_r['sane'][0]:g}–"
+                               f"{beta_r['sane'][1]:g} for {name} (typical {beta_r['typical'][0]:g}–"
+                               f"{beta_r['typical'][1]:g})" + (
+                                   "; a SimPO-scale β copied here would let the odds-ratio term drown the NLL"
+                                   if method == "orpo" else ""), f"try {beta_r['typical'][1]:g} ({beta_r['source']})"))
+        elif beta < beta_r["sane"][0]:
+            out.append(finding("/beta", "beta_low", f"beta {beta:g} is below the accepted {beta_r['sane'][0]:g}–"
+                               f"{beta_r['sane'][1]:g} for {name}" + (": the run is close to plain SFT"
+                                                                       if method == "orpo" else ""),
+                               f"try {beta_r['typical'][0]:g}"))
+    bs_r = ranges.get("per_device_train_batch_size")
+    bs = cfg.get("per_device_train_batch_size", 8)
+    if method == "kto" and bs_r and isinstance(bs, int) and 1 < bs < bs_r["sane"][0]:
+        out.append(finding("/per_device_train_batch_size", "kto_small_batch", f"per_device_train_batch_size {bs}: "
+                           f"KTO's KL estimate comes from each per-device batch, and {bs} rows make it noisy "
+                           f"({bs_r['source']})", f"use {bs_r['sane'][0]} or more per device; accumulation does "
+                           "not help the estimate"))
     if method == "dpo" and "ipo" in losses and isinstance(lr, (int, float)) and lr > 1e-5:
         out.append(finding("/learning_rate", "ipo_learning_rate", f"IPO with learning_rate {lr:g}: IPO regresses the "
                            "margin to 1/(2β) and a large rate overshoots; older docs' 1e-2 is an outlier",
@@ -472,7 +571,7 @@ def _completeness(cfg: dict) -> list:
                                "use .jsonl, .json, .parquet or .csv"))
         else:
             from ..train.data import sample_problem  # pure Python (json/csv): no torch on this path
-            why = sample_problem(str(Path(dp).expanduser()))
+            why = sample_problem(str(Path(dp).expanduser()), method=cfg.get("method", "dpo"))
             if why:
                 out.append(finding("/dataset_path", "bad_data", why[:600], _data_fix(dp)))
     return out
@@ -487,6 +586,9 @@ def _data_fix(dp: str) -> str:
         rep = check_data(dp, read_limit=200, tokenize=False)
     except PrefpilotError:
         rep = {"format": "unknown", "findings": []}
+    if rep["format"] == "unpaired":
+        return ("unpaired rows {prompt, completion, label}: set method: kto (KTOTrainer trains on them), or pair "
+                "the rows per prompt for DPO, SimPO, ORPO and CPO")
     if rep["format"] in FOREIGN_LAYOUTS:
         return (f"{rep['format']} layout: `prefpilot data convert {dp} --out F.jsonl` writes TRL's "
                 f"{trl_layout(rep['format'])} layout")
@@ -511,7 +613,22 @@ def data_warnings(cfg: dict) -> list:
     except PrefpilotError:
         return []  # unreadable data is _completeness's error already
     sampled = f"in the first {rep['rows']} rows" if rep.get("sampled") else f"in its {rep['rows']} rows"
-    return [finding("/dataset_path", f"data_{f['id']}", f"{dp} ({sampled}): {f['explanation']}",
+    kto = []
+    if cfg.get("method") == "kto":
+        from ..train.data import check_rows, read_rows
+        try:
+            if dp.startswith("builtin:"):
+                from ..data import builtin_files
+                path = str(builtin_files(dp[8:])["train"])
+            else:
+                path = str(Path(dp).expanduser())
+            rows = read_rows(path, limit=VALIDATE_DATA_ROWS if Path(path).suffix.lower() in (".jsonl", ".csv")
+                             else None)
+            rows = check_rows(rows, dp, max_bad_rows=len(rows), unpaired_ok=True)[0]
+            kto = kto_data_warnings(cfg, rows, dp)
+        except PrefpilotError:
+            pass
+    return kto + [finding("/dataset_path", f"data_{f['id']}", f"{dp} ({sampled}): {f['explanation']}",
                     f"{f['remedy']}; `prefpilot data check {dp}` reports every row")
             for f in rep["findings"] if f["severity"] in ("error", "warning")]
 
@@ -532,10 +649,11 @@ def validate(config, *, complete: bool = True, local: bool = False, out_dir=None
         return Report(valid=False, method=None, errors=[finding(too_big.path or "", too_big.code, str(too_big), None)],
                       warnings=[], normalized={}, estimate={}, notes=[])
     method = config.get("method", "dpo")
-    if not isinstance(method, str) or method not in ("dpo", "simpo"):
+    if not isinstance(method, str) or method not in METHODS:
         return Report(valid=False, method=None, errors=[finding("/method", "enum", f"method {str(method)[:40]!r} "
-                      "is not one prefpilot trains: supported are dpo (DPOTrainer, every loss_type) and simpo (TRL's "
-                      "CPO trainer in SimPO mode)", "set method: dpo or method: simpo")], warnings=[], normalized={},
+                      "is not one prefpilot trains: supported are dpo (DPOTrainer, every loss_type), simpo (TRL's "
+                      "CPO trainer in SimPO mode), orpo (TRL's experimental ORPOTrainer), kto (KTOTrainer) and cpo "
+                      "(TRL's CPO trainer as it is)", "set method: dpo, simpo, orpo, kto or cpo")], warnings=[], normalized={},
                       estimate={}, notes=[])
     config, coerce_notes, number_errors = _numbers(config, method)
     errors, drop = _key_findings(config, method)

@@ -193,3 +193,49 @@ def text_of(v) -> str:
     if isinstance(v, list):
         return "\n".join(str(m.get("content", "")) for m in v if isinstance(m, dict))
     return "" if v is None else json.dumps(v, sort_keys=True)
+
+
+def unpair(row: dict) -> list[dict]:
+    """A TRL paired row (standard, conversational or implicit prompt) as KTO's two unpaired rows, as TRL's
+    `unpair_preference_dataset` documents it: {prompt, completion: chosen, label: True} and
+    {prompt, completion: rejected, label: False}. An implicit prompt is split off first (TRL's extract_prompt)."""
+    if "prompt" in row:
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    else:
+        prompt, chosen, rejected = _common_prefix_split(row["chosen"], row["rejected"])
+    return [{"prompt": prompt, "completion": chosen, "label": True},
+            {"prompt": prompt, "completion": rejected, "label": False}]
+
+
+def kto_rows(rows: list) -> tuple[list, int]:
+    """Rows KTOTrainer reads: unpaired rows as they are, each paired row as its desirable row followed by its
+    undesirable one. TRL's own unpairing puts all chosen rows of a 1000-row chunk before all rejected ones, so
+    under KTO's sequential sampling most batches would hold one label; interleaved, every batch of two or more
+    holds both. Returns (rows, number of pairs converted)."""
+    out, pairs = [], 0
+    for r in rows:
+        if isinstance(r, dict) and "completion" in r and "label" in r:
+            out.append(r)
+        else:
+            out += unpair(r)
+            pairs += 1
+    return out, pairs
+
+
+def label_counts(rows: list) -> tuple[int, int]:
+    """(desirable, undesirable) rows in KTO terms: a pair counts once on each side."""
+    d = u = 0
+    for r in rows:
+        if isinstance(r, dict) and "label" in r and "completion" in r:
+            d, u = (d + 1, u) if bool(r["label"]) else (d, u + 1)
+        elif isinstance(r, dict) and "chosen" in r and "rejected" in r:
+            d, u = d + 1, u + 1
+    return d, u
+
+
+def one_label_batches(rows: list, batch: int) -> tuple[int, int]:
+    """(batches holding a single label, batches) when ``rows`` (unpaired) are read in order in batches of
+    ``batch``, as KTO's sequential sampler reads them."""
+    labels = [bool(r.get("label")) for r in rows if isinstance(r, dict) and "label" in r]
+    chunks = [labels[i:i + batch] for i in range(0, len(labels) - batch + 1, batch)]
+    return sum(1 for c in chunks if len(set(c)) == 1), len(chunks)

@@ -260,7 +260,7 @@ def _diagnose(source, method, config, beta, gamma) -> dict:
         if f is not None:
             ctx.found[fid] = f
     findings = list(ctx.found.values())
-    if method in ("dpo", "simpo"):  # the validator knows these two; other trainers' remedies stay as advice
+    if method in ("dpo", "simpo", "orpo", "kto", "cpo"):  # the methods the validator knows: remedies are checked
         base = cfg if config else {"method": method, "model_name_or_path": DEFAULT_MODEL,
                                    "dataset_path": "builtin:arith-prefs", **{k: cfg[k] for k in sources}}
         _check_remedies(findings, base)

@@ -68,6 +68,11 @@ def heldout_rows(run_dir: Path, cfg: dict, pairs: str | None, limit: int) -> tup
             raise PrefpilotError(f"{run_dir}: no held-out pairs. The run's data has no test split and set none aside "
                                  "(eval_holdout); pass --pairs FILE (prompt/chosen/rejected rows the run did not "
                                  "train on)", code="no_heldout")
+    from ..datacheck.layouts import detect
+    if rows and detect(rows[:200])[0] == "unpaired":  # a KTO run on thumbs-up/down rows: nothing to compare
+        raise PrefpilotError(f"{source}: the held-out rows are unpaired ({{prompt, completion, label}}, KTO's data); "
+                             "prefpilot eval scores the trained model on pairs (chosen against rejected, beside its "
+                             "reference): pass --pairs FILE with prompt/chosen/rejected rows", code="no_heldout")
     rows, _ = check_rows(rows[:limit], source, max_bad_rows=len(rows))
     if not rows:
         raise PrefpilotError(f"{source}: no usable pair (prompt/chosen/rejected)", code="no_heldout")
@@ -175,7 +180,8 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     run_dir = Path(run_dir)
     cfg = _config(run_dir)
     method = cfg.get("method", "dpo")
-    beta = float(cfg.get("beta", 0.1)) if method == "dpo" else None
+    # DPO and KTO train against a reference: β·(log-ratio of chosen − of rejected) is their implicit reward
+    beta = float(cfg.get("beta", 0.1)) if method in ("dpo", "kto") else None
     rows, source = heldout_rows(run_dir, cfg, pairs, max_pairs)
     found = targets(run_dir, checkpoints)
     total = 2 + 2 * len(found)  # reference scored and generating, then each model
@@ -252,7 +258,7 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
         del policy
     last = per_model[-1]
     from .metrics import primary_metric
-    key = primary_metric(method) if method != "dpo" else "implicit"
+    key = primary_metric(method) if method not in ("dpo", "kto") else "implicit"
     best = _best(per_model, key) if len(per_model) > 1 else None
     report = {"run_id": run_dir.name, "run_dir": str(run_dir), "method": method, "model": last["name"],
               "pairs": before["pairs"], "pairs_source": source, "prompts": len(prompt_ids),

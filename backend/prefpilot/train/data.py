@@ -70,9 +70,30 @@ def _text(v) -> str | None:
     return None
 
 
-def row_problem(row) -> str | None:
+def _unpaired_problem(row: dict) -> str | None:
+    """KTO's unpaired row {prompt, completion, label: bool}."""
+    for k in ("prompt", "completion"):
+        t = _text(row[k]) if row.get(k) is not None else None
+        if t is None:
+            return f"`{k}` is neither a string nor a list of {{role, content}} messages"
+        if not t.strip():
+            return f"`{k}` is empty"
+    if not isinstance(row["label"], bool):
+        return f"`label` must be true or false, got {str(row['label'])[:20]!r}"
+    if isinstance(row["prompt"], str) != isinstance(row["completion"], str):
+        return "prompt and completion mix plain text and messages"
+    return None
+
+
+def row_problem(row, unpaired_ok: bool = False) -> str | None:
+    """Why a row cannot be trained on, or None. ``unpaired_ok`` (KTO) also takes {prompt, completion, label}."""
     if not isinstance(row, dict):
         return "not an object"
+    if "completion" in row and "label" in row and "chosen" not in row:
+        if unpaired_ok:
+            return _unpaired_problem(row)
+        return ("an unpaired row {prompt, completion, label}: only method: kto trains on it (DPO, SimPO and ORPO "
+                "need chosen/rejected pairs)")
     keys = ("prompt", "chosen", "rejected") if "prompt" in row else ("chosen", "rejected")
     for k in ("chosen", "rejected"):
         if k not in row or row[k] is None:
@@ -92,9 +113,9 @@ def row_problem(row) -> str | None:
     return None
 
 
-def check_rows(rows: list, source: str, max_bad_rows: int = 0) -> tuple[list, dict]:
+def check_rows(rows: list, source: str, max_bad_rows: int = 0, unpaired_ok: bool = False) -> tuple[list, dict]:
     """Return (good rows, report). Raises with the first offending row numbers when bad rows exceed the allowance."""
-    bad = [(i, prob) for i, r in enumerate(rows, 1) if (prob := row_problem(r))]
+    bad = [(i, prob) for i, r in enumerate(rows, 1) if (prob := row_problem(r, unpaired_ok))]
     report = {"rows": len(rows), "bad_rows": len(bad), "dropped": 0,
               "examples": [{"row": i, "problem": p} for i, p in bad[:MAX_LISTED]]}
     if not rows:
@@ -122,11 +143,11 @@ def _columns_hint(rows: list) -> str:
             "rejected (strings or lists of {role, content} messages): rename or convert the columns")
 
 
-def sample_problem(path: str, n: int = 1000) -> str | None:
+def sample_problem(path: str, n: int = 1000, method: str = "dpo") -> str | None:
     """For validate: None when the first ``n`` rows of a local file hold at least one usable pair, else why not."""
     try:
         rows = read_rows(path, limit=n) if Path(path).suffix.lower() in (".jsonl", ".csv") else read_rows(path)
-        check_rows(rows, str(path), max_bad_rows=len(rows))
+        check_rows(rows, str(path), max_bad_rows=len(rows), unpaired_ok=method == "kto")
     except PrefpilotError as exc:
         return str(exc)
     return None
@@ -156,10 +177,11 @@ def load_splits(cfg: dict, max_bad_rows: int = 0) -> tuple[list, list | None, di
         source = name
     else:
         raise PrefpilotError("no dataset: set dataset_path or dataset_name", code="required", path="/dataset_path")
-    train, rep = check_rows(train_rows, source, max_bad_rows)
+    kto = cfg.get("method") == "kto"
+    train, rep = check_rows(train_rows, source, max_bad_rows, kto)
     test = None
     if test_rows:
-        test, trep = check_rows(test_rows, source + " (test split)", max_bad_rows)
+        test, trep = check_rows(test_rows, source + " (test split)", max_bad_rows, kto)
         rep["test"] = trep
     return train, test, rep
 

@@ -1,4 +1,5 @@
-"""Turn a validated run config into a real TRL run: DPOTrainer for DPO, TRL's CPO trainer in SimPO mode.
+"""Turn a validated run config into a real TRL run: DPOTrainer for DPO, TRL's CPO trainer in SimPO mode,
+TRL's experimental ORPOTrainer for ORPO, KTOTrainer for KTO.
 
 Everything heavy is imported inside functions so `prefpilot train --help` stays fast.
 """
@@ -251,9 +252,9 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_kwargs["trust_remote_code"])
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if cfg["method"] == "simpo":
+    if cfg["method"] in ("simpo", "orpo", "cpo"):  # they cut the completion, never the prompt (TRL's old tokenizer)
         from .data import drop_overlong_simpo_prompts
-        n_before, max_len = len(train_rows), cfg.get("max_length") or 1024  # CPOConfig's default
+        n_before, max_len = len(train_rows), cfg.get("max_length") or 1024  # CPOConfig's and ORPOConfig's default
         train_rows = drop_overlong_simpo_prompts(train_rows, tok, max_len, "training data", max_bad_rows)
         if eval_rows:
             eval_rows = drop_overlong_simpo_prompts(eval_rows, tok, max_len, "test split", max_bad_rows)
@@ -266,10 +267,20 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
     targs = dict(parts["trainer"])
     targs.update(output_dir=str(run_dir / "checkpoints"), logging_nan_inf_filter=False,  # let NaN reach the log
                  disable_tqdm=not (progress if progress is not None else sys.stderr.isatty()))
+    trainer_eval_rows = eval_rows  # the live evaluation below scores pairs: KTO's unpaired copy is TRL's only
+    if cfg["method"] == "kto":  # KTO reads unpaired rows: each pair becomes its desirable and undesirable row
+        from ..datacheck.layouts import kto_rows
+        train_rows, pairs = kto_rows(train_rows)
+        if eval_rows:
+            trainer_eval_rows = kto_rows(eval_rows)[0]
+        if main and pairs:
+            log.info("KTO: %d preference pairs unpaired into %d desirable + %d undesirable rows (interleaved, so "
+                     "each sequential batch holds both labels)", pairs, pairs, pairs)
+            rundir.update_status(run_dir, kto_unpaired_pairs=pairs)
     if eval_rows is None or targs.get("eval_strategy", "no") == "no":
         eval_ds = None
     else:
-        eval_ds = Dataset.from_list(eval_rows)
+        eval_ds = Dataset.from_list(trainer_eval_rows)
     train_ds = Dataset.from_list(train_rows)
     ck = last_checkpoint(run_dir) if resume else None
     if ck is not None and main:
@@ -299,6 +310,18 @@ def _train(cfg, run_dir, train_rows, eval_rows, resume, progress, main, extra_ca
                 rundir.update_status(run_dir, ref_logps_reused=len(train_rows))
         trainer = cls(model=model, args=DPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
+    elif cfg["method"] == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        trainer = ORPOTrainer(model=model, args=ORPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
+                              processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
+    elif cfg["method"] == "cpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        trainer = CPOTrainer(model=model, args=CPOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
+    elif cfg["method"] == "kto":
+        from trl import KTOConfig, KTOTrainer
+        trainer = KTOTrainer(model=model, args=KTOConfig(**targs), train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tok, peft_config=peft_config, callbacks=[recorder, *extra_callbacks])
     else:
         from trl.experimental.cpo import CPOConfig
         cls = simpo_trainer_class()
