@@ -83,8 +83,11 @@ def test_no_placeholders_in_outputs(tmp_path):
 def test_ctrl_c_during_the_demo_cancels_its_run(tmp_path):
     root = tmp_path / "runs"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    # a suite started in the background (`cmd &` in a script) inherits SIGINT ignored: give the demo a terminal's
+    # default, as a user pressing Ctrl-C has it
     demo = subprocess.Popen([sys.executable, "-m", "prefpilot.cli", "demo", "--steps", "400", "--runs-root", str(root)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         run_id = None
@@ -101,6 +104,11 @@ def test_ctrl_c_during_the_demo_cancels_its_run(tmp_path):
     finally:
         if demo.poll() is None:
             demo.kill()
+        if run_id:  # a demo killed before its cancel leaves a detached trainer: stop exactly what this test started
+            st = rundir.read_status(root / run_id)
+            if st.get("pid") and runs.pid_alive(st["pid"]) and st.get("state") not in ("cancelled", "completed"):
+                with contextlib.suppress(OSError):
+                    os.killpg(st["pid"], signal.SIGKILL)
     assert demo.returncode == 130 and "Traceback" not in err
     assert "demo interrupted" in out and run_id in out
     st = runs.status(run_id, root)

@@ -18,7 +18,7 @@ from prefpilot.diagnosis.rules import CATALOGUE
 from prefpilot.skills import bundle_root
 
 SIMPO_CFG = {"method": "simpo", "model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
-             "dataset_path": "builtin:arith-prefs", "beta": 2.0, "gamma_beta_ratio": 0.5, "learning_rate": 1e-6,
+             "dataset_path": "builtin:arith-prefs", "beta": 2.0, "gamma_beta_ratio": 0.5, "learning_rate": 1e-6, "dtype": "bfloat16",
              "hardware": {"gpu_memory_gb": 24, "num_gpus": 1, "bf16_supported": True}}
 DPO_CFG = {"method": "dpo", "model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
            "dataset_path": "builtin:arith-prefs", "beta": 0.1, "learning_rate": 5e-7, "fp16": True,
