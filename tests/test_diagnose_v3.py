@@ -253,3 +253,50 @@ def test_a_cut_short_or_malformed_notebook_says_so(tmp_path):
     bad.write_text('{"nbformat": 4, "cells": 5}')
     with pytest.raises(PrefpilotError, match="notebook without a list of cells"):
         load_history(bad)
+
+
+# ----------------------------------------------------------------------------- stop 33: readers and rules mended on the spent held-out batch
+def test_markdown_tables_without_outer_pipes_or_with_one_dash_rules():
+    # a card's table copied from the rendered page loses its outer pipes; "|-|---|" is valid Markdown
+    bare = ("The following hyperparameters were used during training:\n"
+            "Training Loss | Epoch | Step | Validation Loss | Rewards/chosen | Rewards/accuracies | Rewards/margins |\n"
+            "---|---|---|---|---|---|---|\n"
+            + "".join(f"{0.9 - 0.1 * i:.4f} | {i}.0 | {100 * i} | {0.9 - 0.05 * i:.4f} | {0.1 * i:.4f} | 0.6{i} | "
+                      f"{0.02 * i:.4f} |\n" for i in range(1, 4)))
+    h = load_history(bare)
+    assert h.info["format"] == "markdown table" and [r["step"] for r in h.eval] == [100, 200, 300]
+    one_dash = ("| Epoch | Training Loss| Validation Loss| Rewards/margins |\n|-|---------|---------|---------|\n"
+                "1| \t0.860300 |\t1.569590 |\t1.728091 |\n2| \t0.004500 |\t1.794171 |\t1.691094 |\n")
+    h = load_history(one_dash)
+    assert len(h.train) == 2 and h.train[1]["loss"] == pytest.approx(0.0045) and len(h.eval) == 2
+    # a lone "---" (front matter, a rule) under a line that mentions a pipe is no table
+    with pytest.raises(PrefpilotError):
+        load_history("a | b\n---\nloss went down\n")
+
+
+def test_a_dict_damaged_by_the_terminal_keeps_its_intact_pairs():
+    # the DPO repo's NaN lines as pasted in an issue: a redraw wrote over one key, so the dict is no literal
+    line = ("train stats after 160512 examples: {'rewards_train/chosen': 'nan', 'rewards_train/accuracies': '0', "
+            "'l  's0  eogps_train/rejected': 'nan', 'loss/train': 'nan', 'grad_norm': 'nan'}")
+    r = diagnose(line)
+    assert "nan_loss" in ids(r) and r["verdict"] == "problems"
+    assert load_history(line).train[0]["step"] == 160512
+
+
+def test_a_low_learning_rate_is_a_note_when_the_loss_clearly_falls():
+    rows = [{"step": i, "loss": 4.0 - 0.2 * i, "learning_rate": 2e-8} for i in range(1, 12)]
+    cfg = {"method": "orpo", "learning_rate": 2e-8, "use_peft": True}
+    f = {f["id"]: f for f in diagnose(rows, config=cfg)["findings"]}["lr_out_of_range"]
+    assert f["severity"] == "info" and "does learn" in f["explanation"]
+    flat = [{"step": i, "loss": 0.6931 - 0.0001 * i, "learning_rate": 1e-8} for i in range(1, 12)]
+    f = {f["id"]: f for f in diagnose(flat, config={"method": "dpo", "learning_rate": 1e-8})["findings"]}
+    assert f["lr_out_of_range"]["severity"] == "warning"
+
+
+def test_one_stepless_row_with_one_large_reward_is_no_reference_mismatch():
+    # epoch 0.01 of a large dataset can be many updates: a learned margin pushes one answer, a wrong reference both
+    learned = {"loss": 0.24, "rewards/chosen": -0.28, "rewards/rejected": -7.67, "rewards/margins": 7.39,
+               "rewards/accuracies": 0.88, "epoch": 0.01}
+    assert "reference_mismatch" not in ids(diagnose([learned], method="dpo"))
+    at_step_3 = dict(learned, step=3)  # a known early step: 77 nats in three updates is no learning
+    assert "reference_mismatch" in ids(diagnose([at_step_3], method="dpo"))

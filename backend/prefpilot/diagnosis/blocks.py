@@ -112,7 +112,8 @@ def card_hints(text: str, hints: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- tables
-_MD_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+# "|---|:--:|", "---|---|" (a card pasted without the outer pipes), "|-|---|" (one dash per cell is valid Markdown)
+_MD_SEP = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 _CELL_SPLIT = re.compile(r"\t|\s{2,}")
 MISSING = {"", "no log", "-", "—", "none", "null", "n/a", "nan%"}
 _TRAIN_LOSS = {"training_loss", "train_loss", "loss", "train/loss"}
@@ -169,16 +170,24 @@ def _heading_before(lines: list[str], i: int) -> str | None:
     return None
 
 
+def _md_cells(line: str) -> list[str]:
+    line = line.strip()
+    line = line[1:] if line.startswith("|") else line
+    line = line[:-1] if line.endswith("|") else line
+    return [c.strip() for c in line.split("|")]
+
+
 def markdown_tables(lines: list[str], where: str) -> list[Block]:
     blocks = []
     i = 1
     while i < len(lines):
-        if _MD_SEP.match(lines[i]) and lines[i - 1].strip().startswith("|"):
-            head = [c.strip() for c in lines[i - 1].strip().strip("|").split("|")]
+        # the heading row and the rule under it both need a pipe: a lone "---" is a rule or front matter
+        if "|" in lines[i] and "|" in lines[i - 1] and _MD_SEP.match(lines[i]):
+            head = _md_cells(lines[i - 1])
             body = []
             j = i + 1
-            while j < len(lines) and lines[j].strip().startswith("|"):
-                body.append([c.strip() for c in lines[j].strip().strip("|").split("|")])
+            while j < len(lines) and "|" in lines[j] and lines[j].strip():
+                body.append(_md_cells(lines[j]))
                 j += 1
             h = _heading_before(lines, i - 1)
             b = Block("markdown table", f"{where}table {len(blocks) + 1}" + (f" under '{h[:60]}'" if h else "")
@@ -307,6 +316,17 @@ def literal_dict(text: str):
     return obj if isinstance(obj, dict) else None
 
 
+# 'key': value pairs of a dict that is not a valid literal as a whole (a terminal overwrote part of the line)
+_QUOTED_KV = re.compile(rf"""(['"])([A-Za-z_][\w/.\-]*)\1\s*:\s*(['"]?)({_NUMTXT}|nan|-?inf)\3(?=\s*[,}}])""", re.I)
+
+
+def _quoted_pairs(text: str) -> dict | None:
+    """The intact ``'name': number`` pairs of a damaged dict, when at least two of them are metrics: a pasted
+    line garbled in one key must not cost the NaNs in the others."""
+    d = {m.group(2): m.group(4) for m in _QUOTED_KV.finditer(text)}
+    return d if len(d) >= 2 and _has_metric(d) else None
+
+
 def step_number(digits: str):
     """A step read from a run of digits: an int, or past 18 digits a float (inf past float's range), since int()
     refuses over 4300 digits (Python's int-string limit); a non-finite step is then taken from the row order."""
@@ -362,7 +382,7 @@ def console_block(lines: list[str], where: str) -> tuple[Block, Block]:
         found = False
         if "{" in line:
             for m in _DICT.finditer(line):
-                d = literal_dict(m.group(0))
+                d = literal_dict(m.group(0)) or _quoted_pairs(m.group(0))
                 if d:
                     # one str object per distinct key, not one per row (a parsed literal's keys are all new)
                     d = {keys.setdefault(k, k) if isinstance(k, str) else k: v for k, v in d.items()}

@@ -245,6 +245,10 @@ def reference_mismatch(ctx: Ctx):
     beta, src = ctx.beta
     size = max((abs(r0.get(k, 0.0)) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")
                 if math.isfinite(r0.get(k, 0.0))), default=0.0)
+    if first is not True and not ctx.step_known() and "rewards/chosen" in r0 and "rewards/rejected" in r0:
+        # no step logged: an early epoch can still be many updates, and updates move one answer far (a learned
+        # margin); a reference that is another model moves both answers' log-ratios, so both must be large
+        size = min(abs(r0["rewards/chosen"]), abs(r0["rewards/rejected"]))
     nats = size / beta
     if nats <= limit:
         return None
@@ -310,6 +314,19 @@ def lr_ranges(ctx: Ctx) -> tuple[list, list, list]:
     return full, t["lora"][ctx.method], full
 
 
+LEARNING_FALL = 0.1  # a training loss this share below its start (first vs last tenth of the rows) is learning
+
+
+def _loss_fall(ctx: Ctx):
+    """(start, end) of the training loss when it clearly falls over at least 5 logged points, else None."""
+    _, loss = ctx.finite("loss", "train")
+    if len(loss) < 5:
+        return None
+    k = max(1, len(loss) // 10)
+    a, b = sum(loss[:k]) / k, sum(loss[-k:]) / k
+    return (a, b) if a > 0 and b <= (1 - LEARNING_FALL) * a else None
+
+
 def lr_out_of_range(ctx: Ctx):
     lr, src = ctx.lr
     if src.startswith("TRL"):
@@ -338,15 +355,24 @@ def lr_out_of_range(ctx: Ctx):
             sev, where = "warning", f"below the accepted {full[0]:g}–{full[1]:g} for {ctx.method.upper()}"
         else:
             return None
+    ev = {"learning_rate": lr, "source": src, "full_range": full, "lora_range": lora,
+          "use_peft": "unknown" if peft is None else peft}
+    seen = ""
+    if where.startswith("below"):
+        # too low a rate is a problem because the policy stays at the reference; a loss that clearly falls says
+        # this run moves anyway (another trainer's scale, a long run), so the range is a note, not a warning
+        fall = _loss_fall(ctx)
+        if fall:
+            sev = "info"
+            ev.update(loss_start=fall[0], loss_end=fall[1])
+            seen = f" Here the loss falls {fall[0]:.3g} → {fall[1]:.3g}, so the run does learn at this rate."
     # back inside the range people use, not to its edge (the edge of "accepted" is not a recommendation)
     target = typical[1] if lr > full[1] and not peft else (lora[1] if lr > full[1] else typical[0])
     steps, _ = ctx.finite("learning_rate", "train")
-    return finding(ctx, "lr_out_of_range", [steps[0], steps[-1]] if steps else None,
-                   {"learning_rate": lr, "source": src, "full_range": full, "lora_range": lora,
-                    "use_peft": "unknown" if peft is None else peft},
+    return finding(ctx, "lr_out_of_range", [steps[0], steps[-1]] if steps else None, ev,
                    f"Learning rate {num(lr)} ({src}) is {where} (typical {typical[0]:g}–{typical[1]:g}). "
                    "Too high a rate saturates or "
-                   "diverges within a few hundred steps; too low a rate leaves the policy at the reference.",
+                   "diverges within a few hundred steps; too low a rate leaves the policy at the reference." + seen,
                    [remedy(ctx, {"learning_rate": target}, "the top of the typical range for this method"
                            if target == typical[1] else "back inside the published range for this method")],
                    severity=sev)
