@@ -1,6 +1,6 @@
 """What `prefpilot eval` costs beside the training it judges, on the demo's run, measured in one process.
 
-    python bench/eval_cost.py [--method dpo|simpo] [--prompts 8] [--pairs 48] [--repeat 2]
+    python bench/eval_cost.py [--method dpo|simpo] [--prompts 8] [--pairs N] [--repeat 2]
 
 Runs `prefpilot demo` once (SmolLM2-135M-Instruct, builtin terse-prefs, its 20-24 CPU steps; the final model
 kept), then evaluates that run `--repeat` times with the given sizes, cold (the reference scored too) and with the
@@ -25,11 +25,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", choices=["dpo", "simpo"], default="dpo")
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--pairs", type=int, default=48)
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="held-out pairs to score (default: prefpilot eval's own default for this run)")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--plain", action="store_true", help="score pairs unpacked (the path before packing)")
     args = ap.parse_args()
     from prefpilot.demo import run_demo
+    from prefpilot.evaluation import engine
     from prefpilot.evaluation.run import evaluate
+    if args.plain:
+        engine.PACKING_CHECKED.clear()
+        engine.packing_ok = lambda model, pad_id: False
     work = Path(tempfile.mkdtemp(prefix="prefpilot-eval-bench-"))
     result = run_demo(method=args.method, target=str(work / "skills"), runs_root=str(work / "runs"),
                       keep_model=True, out=lambda *a, **k: None)
@@ -52,7 +58,7 @@ def main() -> int:
     rep = cold[-1][0]
     cold_s = statistics.median(w for _, w, _ in cold)
     warm_s = statistics.median(w for _, w, _ in warm)
-    out = {"method": args.method, "train_seconds": train_s, "pairs": rep["pairs"], "prompts": rep["prompts"],
+    out = {"method": args.method, "scoring": "plain" if args.plain else "packed", "train_seconds": train_s, "pairs": rep["pairs"], "prompts": rep["prompts"],
            "eval_seconds_cold": [round(w, 2) for _, w, _ in cold],
            "eval_seconds_reference_cached": [round(w, 2) for _, w, _ in warm],
            "eval_over_train": round(cold_s / train_s, 3) if train_s else None,

@@ -23,7 +23,7 @@ def test_demo_reverses_the_models_own_preference(tmp_path, method, key, steps):
     out = r.stdout
     assert r.returncode == 0, (out + r.stderr)[-3000:]  # 4 would mean held-out accuracy fell
     for step in ("1. skills synced", "2. model", "3. plan", "4. config valid", "5. launched", "6. diagnosis",
-                 "7. held-out preference accuracy on 48 unseen prompts"):
+                 "7. held-out preference accuracy on "):
         assert step in out, step
     before, after = _accuracy(out, key)
     print(f"{method} {key}: before {before:.3f} after {after:.3f}")
@@ -35,7 +35,9 @@ def test_demo_reverses_the_models_own_preference(tmp_path, method, key, steps):
     # step 7 is `prefpilot eval`: its report is in the run folder, with the generation checks
     import json
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    assert report["pairs"] == 48 and round(report["preference_accuracy"][key], 3) == after
+    # eval's default size: a quarter of the pairs the demo trained on (its steps x batch of 4), 16 to 64
+    assert report["pairs"] == max(16, min(64, steps * 4 // 4)) and round(report["preference_accuracy"][key], 3) == after
+    assert f"on {report['pairs']} unseen prompts" in out
     assert set(report["generation"]) >= {"length_ratio", "cap_without_eos_rate", "repetition_rate", "empty_rate",
                                          "kl_per_token"}
     # the ~0.5 GB final model is removed after the evaluation unless --keep-model

@@ -244,7 +244,9 @@ def test_orpo_run_logs_trls_odds_ratio_loss_and_diagnoses_as_orpo(tiny, tmp_path
     # prefpilot eval: ORPO's held-out pairs (the builtin test split), its per-token accuracy beside the base model's
     from prefpilot.evaluation.run import evaluate
     ev = evaluate(tmp_path / "r", prompts=1, max_new_tokens=4, reference_cache=False)
-    assert ev["method"] == "orpo" and ev["pairs"] == 64 and "implicit" not in ev["preference_accuracy"]
+    from prefpilot.evaluation.run import default_max_pairs
+    assert ev["pairs"] == default_max_pairs(tmp_path / "r", yaml.safe_load((tmp_path / "r/config.yaml").read_text()))
+    assert ev["method"] == "orpo" and "implicit" not in ev["preference_accuracy"]
     assert 0 <= ev["preference_accuracy"]["per_token"] <= 1 and "per_token" in ev["before"]
 
 

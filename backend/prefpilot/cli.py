@@ -736,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
     p.add_argument("--target", help="skills directory to sync into (default: a temp dir, removed at the end)")
     p.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 20 for DPO, 24 for SimPO)")
-    p.add_argument("--eval-pairs", type=POSITIVE_INT, help="held-out pairs to evaluate (default all 48)")
+    p.add_argument("--eval-pairs", type=POSITIVE_INT, help="held-out pairs to evaluate, of the 48 (default: prefpilot eval's default, a quarter of "
+                        "the pairs the demo trained on)")
     p.add_argument("--runs-root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
     p.add_argument("--detach", action="store_true",
                    help="start the run and return (it keeps training); follow it with `prefpilot runs status`")
@@ -785,8 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last: the final model; all: every saved checkpoint too, and the best of them")
     p.add_argument("--max-new-tokens", type=_ranged(int, 1, 4096, "a whole number"), default=48,
                    help="the generation cap (default 48)")
-    p.add_argument("--max-pairs", type=_ranged(int, 1, 100000, "a whole number"), default=64,
-                   help="held-out pairs to score at most (default 64)")
+    p.add_argument("--max-pairs", type=_ranged(int, 1, 100000, "a whole number"), default=None,
+                   help="held-out pairs to score at most (default: a quarter of the pairs the run trained on, "
+                        "16 to 64)")
     p.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto",
                    help="who generates the completions: auto (vLLM when installed and a GPU is visible, else "
                         "transformers), transformers, or vllm; scoring always uses transformers")

@@ -166,7 +166,7 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
 
     # 7. the trained model judged by `prefpilot eval` (the same function): held-out pairs and generations
     from .evaluation.run import evaluate
-    ev = evaluate(run_dir, pairs=f"builtin:{DATASET_NAME}", max_pairs=eval_pairs or 10_000)
+    ev = evaluate(run_dir, pairs=f"builtin:{DATASET_NAME}", max_pairs=eval_pairs)  # None: eval's default size
     key = "per_token" if method == "simpo" else "summed"
     b, a = ev["before"], ev["preference_accuracy"]
     out(f"7. held-out preference accuracy on {ev['pairs']} unseen prompts (share of pairs where the model gives the bare "

@@ -23,6 +23,7 @@ from .metrics import preference_summary
 DEFAULT_PROMPTS = 8          # generation checks: enough to see loops and missing EOS, cheap on a CPU
 DEFAULT_MAX_NEW_TOKENS = 48
 DEFAULT_MAX_PAIRS = 64
+MIN_DEFAULT_PAIRS = 16
 SAMPLES_IN_REPORT = 3
 
 
@@ -77,6 +78,24 @@ def heldout_rows(run_dir: Path, cfg: dict, pairs: str | None, limit: int) -> tup
     if not rows:
         raise PrefpilotError(f"{source}: no usable pair (prompt/chosen/rejected)", code="no_heldout")
     return rows, source
+
+
+def default_max_pairs(run_dir: Path, cfg: dict) -> int:
+    """Held-out pairs scored when the caller does not say: a quarter of the pairs the run trained on, from 16 to
+    64. Scoring a pair is one forward pass over prompt and both answers, about an eighth of what training on it
+    cost (forward and backward over two sequences, the reference's forward, the optimizer step), so a quarter
+    keeps the scoring near 3% of the training time and leaves room for loading and generation; a run of
+    thousands of steps gets 64. A run whose step count is unknown gets 64."""
+    st = rundir.read_status(run_dir)
+    step = st.get("step")
+
+    def whole(v, default):
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
+    if not isinstance(step, int) or isinstance(step, bool) or step <= 0:
+        return DEFAULT_MAX_PAIRS
+    seen = (step * whole(cfg.get("per_device_train_batch_size"), 8) * whole(cfg.get("gradient_accumulation_steps"), 1)
+            * whole(st.get("world_size"), 1))
+    return max(MIN_DEFAULT_PAIRS, min(DEFAULT_MAX_PAIRS, seen // 4))
 
 
 def targets(run_dir: Path, which: str) -> list[Path]:
@@ -168,7 +187,7 @@ def _write_cache(path: Path | None, data: dict) -> None:
 
 
 def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPTS, checkpoints: str = "last",
-             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_pairs: int = DEFAULT_MAX_PAIRS,
+             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_pairs: int | None = None,
              progress=None, reference_cache: bool = True, engine: str = "auto") -> dict:
     """Evaluate the run in ``run_dir``; returns (and writes to eval/report.json) the report.
 
@@ -182,6 +201,8 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     method = cfg.get("method", "dpo")
     # DPO and KTO train against a reference: β·(log-ratio of chosen − of rejected) is their implicit reward
     beta = float(cfg.get("beta", 0.1)) if method in ("dpo", "kto") else None
+    if max_pairs is None:
+        max_pairs = default_max_pairs(run_dir, cfg)
     rows, source = heldout_rows(run_dir, cfg, pairs, max_pairs)
     found = targets(run_dir, checkpoints)
     total = 2 + 2 * len(found)  # reference scored and generating, then each model
@@ -210,7 +231,13 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     tokenized = engine.tokenize_pairs(rows, tok, max_length)
     pad = tok.pad_token_id
     prompt_ids = [p["prompt_ids"] for p in tokenized[:prompts]]
-    reference = engine.load_model(ref_path)
+    ref_model = None
+
+    def reference():  # loaded only when something needs it: a cached reference side with empty samples does not
+        nonlocal ref_model
+        if ref_model is None:
+            ref_model = engine.load_model(ref_path)
+        return ref_model
     gen_engine = engine.pick_engine(engine_name, ref_path)
     cache = (_reference_cache(ref_path, tokenized, prompt_ids, max_length, max_new_tokens, gen_engine)
              if reference_cache else None)
@@ -218,15 +245,15 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
     if cached:  # the same reference on the same token ids: a sweep's runs share it
         ref_logps, ref_gen = cached["logps"], cached["samples"]
     else:
-        ref_logps = engine.pair_logps(reference, tokenized, pad, max_length)
+        ref_logps = engine.pair_logps(reference(), tokenized, pad, max_length)
     before = preference_summary(ref_logps, ref_logps, beta)
     tick("reference scored" + (" (cached)" if cached else ""))
-    def complete(model, folder):
+    def complete(get_model, folder):
         if not prompt_ids:
             return []
         if gen_engine == "vllm" and engine.pick_engine("auto", folder) == "vllm":
             return engine.generate_vllm(folder, tok, prompt_ids, max_new_tokens)
-        return engine.generate(model, tok, prompt_ids, max_new_tokens)
+        return engine.generate(get_model(), tok, prompt_ids, max_new_tokens)
 
     if not cached:
         ref_gen = complete(reference, ref_path)
@@ -242,7 +269,7 @@ def evaluate(run_dir, *, pairs: str | None = None, prompts: int = DEFAULT_PROMPT
         if prompt_ids:
             gen, samples = engine.generation_checks(policy, reference, tok, prompt_ids, max_new_tokens, max_length,
                                                     reference_samples=ref_gen,
-                                                    policy_samples=complete(policy, path))
+                                                    policy_samples=complete(lambda: policy, path))
         tick(f"{path.name} generated")
         step = _step(path) if path.name != "final" else rundir.read_status(run_dir).get("step")
         row = {"name": path.name, "path": str(path), "step": step,
@@ -298,10 +325,13 @@ def plot_margins(before: dict, after: dict | None, out, title: str = "") -> Path
     """Histograms of the held-out per-pair margins (chosen minus rejected), before (the reference) and after
     (none for `prefpilot data check --score`, which has only the reference), summed and per token: accuracy is
     the share right of 0."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    # the object API without pyplot (no display, no global figure registry) and a fixed layout: tight_layout
+    # draws the figure once more to measure it, 40% of the plot's time
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, key, label in zip(axes, ("summed", "per_token"),
                               ("summed log-prob margin (nats)", "per-token log-prob margin (nats/token)")):
         b, a = before[key], after[key] if after else []
@@ -316,10 +346,9 @@ def plot_margins(before: dict, after: dict | None, out, title: str = "") -> Path
         ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.88 if title else 0.95, wspace=0.2)
     out = Path(out)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out
 
 

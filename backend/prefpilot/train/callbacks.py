@@ -66,7 +66,9 @@ class RunRecorder(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         self.world_size = args.world_size
         if state.is_world_process_zero:
-            rundir.update_status(self.run_dir, state="running", total_steps=state.max_steps, step=state.global_step)
+            # world_size: how many processes each step's batch was split over (eval sizes its defaults by it)
+            rundir.update_status(self.run_dir, state="running", total_steps=state.max_steps, step=state.global_step,
+                                 world_size=args.world_size)
         self.t0 = time.time()
         self.start_step = state.global_step
         STOP["in_loop"] = True
