@@ -300,3 +300,42 @@ def test_one_stepless_row_with_one_large_reward_is_no_reference_mismatch():
     assert "reference_mismatch" not in ids(diagnose([learned], method="dpo"))
     at_step_3 = dict(learned, step=3)  # a known early step: 77 nats in three updates is no learning
     assert "reference_mismatch" in ids(diagnose([at_step_3], method="dpo"))
+
+
+def test_spin_cards_name_the_pair_real_and_generated():
+    card = ("zephyr-7b-spin-iter0\n\nIt achieves the following results on the evaluation set:\n\n  • Loss: 0.2359\n"
+            "  • Rewards/real: 1.3255\n  • Rewards/generated: -0.8966\n  • Rewards/accuracies: 0.9792\n"
+            "  • Rewards/margins: 2.2221\n  • Logps/generated: -309.8145\n  • Logps/real: -304.9670\n")
+    h = load_history(card)
+    assert h.eval[0]["rewards/chosen"] == 1.3255 and h.eval[0]["logps/rejected"] == -309.8145
+
+
+def test_one_row_whose_rewards_are_beta_times_its_log_probs_is_reference_free():
+    # a card's single evaluation row: both answers' rewards are 2.5 x their per-token log-probs (SimPO's scale)
+    row = {"eval_loss": 132.36, "eval_rewards/chosen": -0.8503, "eval_rewards/rejected": -0.8889,
+           "eval_logps/chosen": -0.3401, "eval_logps/rejected": -0.3556, "eval_rewards/accuracies": 0.504,
+           "eval_rewards/margins": 0.0387, "step": 400}
+    r = diagnose([row])
+    assert r["method"] == "unknown" and "2.5 × the policy's per-token" in r["method_source"]
+    dpo = dict(row, **{"eval_rewards/chosen": -0.2780, "eval_rewards/rejected": -7.6717,
+                       "eval_logps/chosen": -319.5, "eval_logps/rejected": -444.2})
+    assert diagnose([dpo])["method"] == "dpo"  # two ratios that disagree: the TRL keys decide
+
+
+def test_many_epochs_at_low_accuracy_are_no_learning_even_with_a_creeping_loss_or_few_points():
+    # every-100-steps averages over 2.8 epochs: 5 points, the warm-up leaves 4, the loss creeps 0.6945 -> 0.6893
+    five = [{"step": 100 * i, "epoch": 0.55 * i, "loss": v, "rewards/accuracies": a, "rewards/margins": m}
+            for i, (v, a, m) in enumerate([(0.6945, 0.13, -0.001), (0.688, 0.15, 0.013), (0.6883, 0.17, 0.014),
+                                           (0.6961, 0.14, -0.003), (0.6893, 0.14, 0.012)], 1)]
+    assert "no_learning" in ids(diagnose(five, method="dpo"))
+    # a loss summed over 4 accumulation steps (4 x ln 2, ln 2 on each epoch's short last batch): margins decide
+    summed = []
+    for i in range(30):
+        short = i % 4 == 3
+        summed.append({"step": i + 1, "epoch": round(0.31 * (i + 1), 2), "loss": 0.69 if short else 2.76 - 0.002 * i,
+                       "rewards/margins": 0.02 + 0.001 * (i % 5), "rewards/accuracies": [0.25, 0.75, 0.5, 0.6][i % 4]})
+    f = {f["id"]: f for f in diagnose(summed, method="dpo")["findings"]}
+    assert f["no_learning"]["severity"] == "error" and f["no_learning"]["evidence"]["margin_max_nats"] <= 1.0
+    # the same rows learning: margins of several nats are not flat, whatever the loss column does
+    learning = [dict(r, **{"rewards/margins": 0.05 * r["step"], "rewards/accuracies": 0.6}) for r in summed]
+    assert "no_learning" not in ids(diagnose(learning, method="dpo"))

@@ -59,22 +59,24 @@ def _ratio_test(hist: History):
     """Are the rewards β × the policy's own log-probs (reference-free: SimPO/CPO/ORPO), or relative to a reference
     (DPO/KTO)? Returns ("free", β, per_token) or ("reference", None, None) or None when the log cannot tell."""
     for split in ("train", "eval"):
-        rs, rc = hist.series("rewards/chosen", split)
-        ls, lp = hist.series("logps/chosen", split)
-        if len(rc) < 3 or len(lp) < 3:
-            continue
-        by_step = dict(zip(ls, lp))
-        stride = max(1, len(rc) // 200)  # a sample decides: a long run must not pay a pass over every row
-        pairs = [(c, by_step[s]) for s, c in zip(rs[::stride], rc[::stride])
-                 if s in by_step and math.isfinite(c) and math.isfinite(by_step[s]) and by_step[s] != 0]
-        if len(pairs) < 3:
+        pairs = []
+        for side in ("chosen", "rejected"):  # both answers: one logged row then gives two ratios
+            rs, rc = hist.series(f"rewards/{side}", split)
+            ls, lp = hist.series(f"logps/{side}", split)
+            by_step = dict(zip(ls, lp))
+            stride = max(1, len(rc) // 200)  # a sample decides: a long run must not pay a pass over every row
+            pairs += [(c, by_step[s]) for s, c in zip(rs[::stride], rc[::stride])
+                      if s in by_step and math.isfinite(c) and math.isfinite(by_step[s]) and by_step[s] != 0]
+        if len(pairs) < 2:
             continue
         ratios = sorted(c / lp for c, lp in pairs)
         med = ratios[len(ratios) // 2]
         spread = max(abs(x - med) for x in ratios)
-        if med > 0 and spread <= 0.02 * med:
+        # from 3 ratios a 2% agreement decides; from two (one row) only a near-exact one: a DPO reward divided by
+        # the policy's log-prob matches its partner's by chance far less often than that
+        if med > 0 and spread <= (0.02 if len(pairs) >= 3 else 0.002) * med:
             return "free", med, _median_abs_logp(hist) < 10
-        if med <= 0 or spread > 0.2 * abs(med):
+        if len(pairs) >= 3 and (med <= 0 or spread > 0.2 * abs(med)):
             return "reference", None, None
     return None
 

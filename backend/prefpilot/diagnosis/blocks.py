@@ -450,7 +450,8 @@ def _join_wrapped(lines: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- a model card's results list
-_CARD_ITEM = re.compile(rf"^\s*[-*]\s*([A-Za-z][\w/ .()-]*?)\s*:\s*({_NUMTXT}|nan|inf)\s*$", re.I)
+# "- Loss: 0.24" in the card's Markdown; "• Loss: 0.24" where the card was copied from the rendered page
+_CARD_ITEM = re.compile(rf"^\s*[-*•·]\s*([A-Za-z][\w/ .()-]*?)\s*:\s*({_NUMTXT}|nan|inf)\s*$", re.I)
 
 
 def card_lists(lines: list[str], where: str) -> tuple[Block, dict]:

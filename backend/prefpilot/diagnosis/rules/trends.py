@@ -70,16 +70,23 @@ def no_learning(ctx: Ctx):
                        [scale_lr(ctx, 5, "if the rate is merely tiny, a larger step moves the weights")])
     ls, loss = ctx.post("loss")
     ms, marg = ctx.post("rewards/margins")
-    if len(loss) < t["min_points"] and len(marg) < t["min_points"]:
+    _, epochs = ctx.finite("epoch")
+    many_epochs = bool(epochs) and max(epochs) - min(epochs) >= t["flat_epochs"]
+    # points that each sum up many steps (per-epoch or every-100-steps logs) over several passes: fewer will do
+    enough = t["flat_min_points"] if many_epochs else t["min_points"]
+    if len(loss) < enough and len(marg) < enough:
         return None
     _, rc = ctx.finite("rewards/chosen")
     if rc and all(v == 0.0 for v in rc):
         return None  # rewards never move: the reference is the policy (reference_tracks_policy), not a slow step
     ev = {}
-    if _slowly_learning(ctx, t, loss) or _separates(ctx):
+    # many passes over a small set and still at the start, at low accuracy: no learning, whatever the margins do,
+    # even when the loss creeps down (within flat_loss_share after flat_epochs passes is not a usable run)
+    flat = len(loss) >= enough and many_epochs and _flat_over_epochs(ctx, t, loss, ev)
+    if not flat and (_slowly_learning(ctx, t, loss) or _separates(ctx)):
         return None  # a small but steady fall of the loss (and rise of accuracy) is a slow run, not a stuck one
-    if len(loss) >= t["min_points"] and _flat_over_epochs(ctx, t, loss, ev):
-        pass  # many passes over a small set and still at the start: no learning, whatever the margins do
+    if flat:
+        pass
     elif len(loss) >= t["min_points"]:
         _, all_loss = ctx.finite("loss")
         start = all_loss[0]
@@ -98,6 +105,14 @@ def no_learning(ctx: Ctx):
     if ctx.cfg.get("use_peft") and not ctx.cfg.get("lora_target_modules"):
         remedies.append(remedy(ctx, {"lora_target_modules": "all-linear"}, "LoRA without target modules may train "
                                                                            "nothing"))
+    if "margin_max_nats" in ev:
+        return finding(ctx, "no_learning", [steps[0], steps[-1]], ev,
+                       f"Over {ev['flat_epochs']:g} epochs no logged margin exceeds {ev['margin_max_nats']:.2g} nats "
+                       "(margin / β)" + (f" and accuracy averages {ev['mean_accuracy']:.2f}" if "mean_accuracy" in ev
+                                        else "") + ": the model has seen every pair several times and still does not "
+                       "separate them (the loss column moves, but on another scale: a loss summed over accumulation "
+                       "steps reads 4 × ln 2 where the mean is ln 2). Too small a learning rate or too few pairs.",
+                       remedies)
     if "flat_epochs" in ev:
         return finding(ctx, "no_learning", [steps[0], steps[-1]], ev,
                        f"Over {ev['flat_epochs']:g} epochs the loss stays within {ev['loss_max_relative_change']:.0%} "
@@ -152,9 +167,22 @@ def _flat_over_epochs(ctx: Ctx, t: dict, loss: list[float], ev: dict) -> bool:
     _, acc = ctx.post("rewards/accuracies")
     if not epochs or max(epochs) - min(epochs) < t["flat_epochs"] or not all_loss or all_loss[0] <= 0:
         return False
-    share = max(abs(v - all_loss[0]) for v in loss) / all_loss[0]
-    if share > t["flat_loss_share"] or (acc and mean(acc) > t["flat_accuracy_below"]):
+    if acc and mean(acc) > t["flat_accuracy_below"]:
         return False
+    share = max(abs(v - all_loss[0]) for v in loss) / all_loss[0]
+    if share > t["flat_loss_share"]:
+        # the loss may be logged on another scale (summed over accumulation steps: 4 x ln 2 on full batches, ln 2
+        # on a short last one), so its jumps do not say the model moved; the margins do, in nats (margin / beta)
+        if ctx.method != "dpo":
+            return False
+        _, marg = ctx.post("rewards/margins")
+        beta = ctx.beta[0]
+        if len(marg) < t["min_points"] or max(abs(v) for v in marg) / beta > t["flat_margin_nats"]:
+            return False
+        ev.update(margin_max_nats=max(abs(v) for v in marg) / beta, flat_epochs=max(epochs) - min(epochs))
+        if acc:
+            ev["mean_accuracy"] = mean(acc)
+        return True
     ev.update(loss_start=all_loss[0], loss_max_relative_change=share, flat_epochs=max(epochs) - min(epochs))
     if acc:
         ev["mean_accuracy"] = mean(acc)
