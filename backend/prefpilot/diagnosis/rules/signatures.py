@@ -303,9 +303,10 @@ def instant_saturation(ctx: Ctx):
 
 
 def lr_ranges(ctx: Ctx) -> tuple[list, list, list]:
-    """(full fine-tuning, LoRA, typical) learning-rate ranges for the run's method. DPO's and SimPO's come from the
-    hyperparameter tables (the ranges validate, plan and explain quote); the other trainers' from findings.yaml."""
-    if ctx.method in ("dpo", "simpo"):
+    """(full fine-tuning, LoRA, typical) learning-rate ranges for the run's method. DPO's, SimPO's, ORPO's and
+    KTO's come from their hyperparameter tables (the one range validate, plan and explain quote too); plain CPO's
+    and an unknown method's from findings.yaml."""
+    if ctx.method in ("dpo", "simpo", "orpo", "kto"):
         from ...skills import load_table
         r = load_table(ctx.method)["ranges"]["learning_rate"]
         return r["sane"], r["lora"], r["typical"]
