@@ -12,35 +12,11 @@ import yaml
 from prefpilot import rundir, runs
 from prefpilot.diagnosis import diagnose
 from prefpilot.errors import PrefpilotError
-from tiny_model import build_tiny_model
+from run_helpers import config, wait_for
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("offline")]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-
-
-def config(tiny, **extra):
-    return {"model_name_or_path": str(tiny), "dataset_path": "builtin:arith-prefs", "per_device_train_batch_size": 2,
-            "learning_rate": 5e-3, "max_length": 64, "save_strategy": "no", **extra}
-
-
-def wait_for(pred, timeout=240, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_launch_from_a_caller_that_exits_then_follow_and_diagnose(tiny, tmp_path, capsys):

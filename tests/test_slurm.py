@@ -20,7 +20,10 @@ from prefpilot import rundir, runs, slurm
 from prefpilot.errors import PrefpilotError
 from prefpilot.train.launch import slurm_script
 from slurm_cluster import LocalSlurm, Unavailable
-from tiny_model import build_tiny_model
+import run_helpers
+from run_helpers import config
+
+pytestmark = pytest.mark.usefixtures("offline")
 
 SLURM_2 = {"backend": "slurm", "nodes": 2, "gpus_per_node": 0}
 SECRET = "hf_slurmtestsecret0123456789"
@@ -49,30 +52,8 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-
-
-def config(tiny, **extra):
-    return {"model_name_or_path": str(tiny), "dataset_path": "builtin:arith-prefs", "per_device_train_batch_size": 2,
-            "learning_rate": 5e-3, "max_length": 64, "save_strategy": "no", **extra}
-
-
 def wait_for(pred, timeout=180, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return run_helpers.wait_for(pred, timeout, what, every=0.5)  # each poll runs Slurm commands: not too often
 
 
 def finished(run_id, root):

@@ -313,9 +313,7 @@ def build_orpo() -> dict:
     common_constraints(props)
     # ORPOConfig's beta is the paper's λ (the weight of the odds-ratio term beside the NLL term), not DPO's β
     props["beta"].update(_c({"exclusiveMinimum": 0}, "range", "beta (ORPO's λ, the odds-ratio weight) must be > 0"))
-    props.update(PREFPILOT_FIELDS)
-    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["orpo"]}
-    return _wrap("orpo", props, sources, [])
+    return _one_method("orpo", props, sources)
 
 
 def build_kto() -> dict:
@@ -327,9 +325,7 @@ def build_kto() -> dict:
         props[key].update(_c({"exclusiveMinimum": 0, "maximum": 1000}, "range", f"{key} must be > 0 (at most 1000)"))
     props["ref_model_mixup_alpha"].update(_c({"minimum": 0, "maximum": 1}, "range", "ref_model_mixup_alpha must be in [0, 1]"))
     common_constraints(props)
-    props.update(PREFPILOT_FIELDS)
-    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["kto"]}
-    return _wrap("kto", props, sources, [])
+    return _one_method("kto", props, sources)
 
 
 def build_cpo() -> dict:
@@ -342,12 +338,17 @@ def build_cpo() -> dict:
     props["simpo_gamma"].update(_c({"minimum": 0}, "range", "simpo_gamma (γ) must be ≥ 0"))
     props["cpo_alpha"].update(_c({"minimum": 0}, "range", "cpo_alpha (the NLL/BC weight) must be ≥ 0"))
     common_constraints(props)
-    props.update(PREFPILOT_FIELDS)
-    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": ["cpo"]}
-    return _wrap("cpo", props, sources, [])
+    return _one_method("cpo", props, sources)
 
 
 BUILDERS = {"dpo": build_dpo, "simpo": build_simpo, "orpo": build_orpo, "kto": build_kto, "cpo": build_cpo}
+
+
+def _one_method(method: str, props: dict, sources: dict) -> dict:
+    """prefpilot's own keys added, ``method`` pinned to this trainer, and the schema wrapped (ORPO, KTO, CPO)."""
+    props.update(PREFPILOT_FIELDS)
+    props["method"] = {**PREFPILOT_FIELDS["method"], "enum": [method]}
+    return _wrap(method, props, sources, [])
 
 
 def _wrap(method, props, sources, rules) -> dict:

@@ -8,11 +8,11 @@ pair and its log-probs are cached for training to reuse (refcache.py). No torch 
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 from ..errors import PrefpilotError
+from ..train.data import iter_rows as _iter_rows
 from . import layouts
 from .rows import RowStats
 
@@ -40,40 +40,8 @@ def source_of(data: str, root: Path | None = None) -> tuple[str, Path | None]:
 
 
 def iter_rows(path: Path):
-    """Rows of a local file one at a time (JSONL, CSV and Parquet stream; a JSON list is read whole)."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as fh:
-                for i, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise PrefpilotError(f"{path}: line {i} is not valid JSON ({exc.msg}); fix or remove "
-                                                 "it", code="bad_data", path="/data") from None
-        elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                data = data.get("train") or data.get("data") or data
-            if not isinstance(data, list):
-                raise PrefpilotError(f"{path}: expected a JSON list of rows (or {{\"train\": [...]}})",
-                                     code="bad_data", path="/data")
-            yield from data
-        elif suffix == ".csv":
-            with open(path, encoding="utf-8", newline="") as fh:
-                yield from csv.DictReader(fh)
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-                yield from batch.to_pylist()
-        else:
-            raise PrefpilotError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet",
-                                 code="dataset_format", path="/data")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, PrefpilotError):
-            raise
-        raise PrefpilotError(f"{path}: cannot read ({exc})", code="bad_data", path="/data") from None
+    """Rows of a local file one at a time (the reader train and validate use; errors point at ``/data``)."""
+    return _iter_rows(path, field="/data")
 
 
 def _hub_rows(name: str, split: str = "train"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from itertools import islice
 from pathlib import Path
 
 from ..errors import PrefpilotError
@@ -17,47 +18,51 @@ from ..errors import PrefpilotError
 MAX_LISTED = 10
 
 
-def read_rows(path: str, limit: int | None = None) -> list[dict]:
-    """Rows of a local .jsonl/.json/.csv/.parquet file as dicts (the first ``limit`` of a JSONL/CSV file only,
-    read without the rest: what validate samples)."""
+def iter_rows(path, field: str = "/dataset_path"):
+    """Rows of a local .jsonl/.json/.csv/.parquet file as dicts, one at a time (JSONL, CSV and Parquet stream; a
+    JSON list is read whole). Errors name the file and, in ``field``, the config key or argument that gave it."""
     p = Path(path).expanduser()
     suffix = p.suffix.lower()
     try:
         if suffix == ".jsonl":
-            rows = []
             with open(p, encoding="utf-8") as fh:
                 for i, line in enumerate(fh, 1):
-                    if limit is not None and len(rows) >= limit:
-                        break
                     if line.strip():
                         try:
-                            rows.append(json.loads(line))
+                            yield json.loads(line)
                         except json.JSONDecodeError as exc:
                             raise PrefpilotError(f"{p}: line {i} is not valid JSON ({exc.msg}); fix or remove it",
-                                                 code="bad_data", path="/dataset_path") from None
-            return rows
-        if suffix == ".json":
+                                                 code="bad_data", path=field) from None
+        elif suffix == ".json":
             data = json.loads(p.read_text(encoding="utf-8"))
             if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
                 data = data.get("train") or data.get("data") or data
             if not isinstance(data, list):
-                raise PrefpilotError(f"{p}: expected a JSON list of rows", code="bad_data", path="/dataset_path")
-            return data
-        if suffix == ".csv":
+                raise PrefpilotError(f"{p}: expected a JSON list of rows (or {{\"train\": [...]}})", code="bad_data",
+                                     path=field)
+            yield from data
+        elif suffix == ".csv":
             with open(p, encoding="utf-8", newline="") as fh:
-                reader = csv.DictReader(fh)
-                return [r for _, r in zip(range(limit), reader)] if limit is not None else list(reader)
-        if suffix == ".parquet":
+                yield from csv.DictReader(fh)
+        elif suffix == ".parquet":
             import pyarrow.parquet as pq
-            return pq.read_table(p).to_pylist()
+            for batch in pq.ParquetFile(p).iter_batches(batch_size=1024):
+                yield from batch.to_pylist()
+        else:
+            raise PrefpilotError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet",
+                                 code="dataset_format", path=field)
     except FileNotFoundError:
-        raise PrefpilotError(f"dataset file {p} does not exist", code="dataset_not_found", path="/dataset_path") from None
+        raise PrefpilotError(f"dataset file {p} does not exist", code="dataset_not_found", path=field) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, PrefpilotError):
             raise
-        raise PrefpilotError(f"{p}: cannot read ({exc})", code="bad_data", path="/dataset_path") from None
-    raise PrefpilotError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet",
-                         code="dataset_format", path="/dataset_path")
+        raise PrefpilotError(f"{p}: cannot read ({exc})", code="bad_data", path=field) from None
+
+
+def read_rows(path: str, limit: int | None = None) -> list[dict]:
+    """Rows of a local data file as a list (the first ``limit`` only, read without the rest: what validate
+    samples)."""
+    return list(islice(iter_rows(path), limit))
 
 
 def _text(v) -> str | None:
