@@ -183,7 +183,7 @@ def test_cancel_checkpoints_then_resume_is_a_new_job(cluster, tiny, tmp_path):
     assert second != first and r["state"] in runs.ACTIVE and r["resumed_from"] == ck
     final = wait_for(lambda: finished(run_id, root), what="the resumed run to finish")
     assert final["state"] == "completed", runs.logs(run_id, root, tail=60)
-    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 61))
+    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 201))
     assert f"resuming from {os.path.basename(ck)}" in runs.logs(run_id, root, tail=2000)
     assert [j["job_id"] for j in slurm.read(root / run_id)["jobs"]] == [first, second]
     wait_for(lambda: not cluster.squeue(), 60, "the job to leave the queue")
@@ -267,13 +267,15 @@ def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
     """What preemption does to a job: Slurm stops it (SIGTERM to every task: the trainer checkpoints) and queues it
     again; the restarted job (SLURM_RESTART_COUNT 1) resumes from the checkpoint into the same run dir."""
     root = tmp_path / "runs"
-    run_id = runs.launch(config(tiny, max_steps=60, learning_rate=1e-4), root, launch_options=SLURM_2)
+    # 200 steps: on a loaded machine the requeue must still land mid-run (a run that finished first has nothing
+    # to continue, and its status carries no scheduler view)
+    run_id = runs.launch(config(tiny, max_steps=200, learning_rate=1e-4), root, launch_options=SLURM_2)
     jid = runs.status(run_id, root)["job_id"]
     wait_for(lambda: (rundir.last_metrics(root / run_id) or {}).get("step", 0) >= 10, what="10 steps")
     subprocess.run(["scontrol", "requeue", jid], env=cluster.env, check=True, capture_output=True, timeout=30)
     # Slurm holds a requeued job back for a while (BeginTime): the run reads queued with that reason meanwhile
-    s = wait_for(lambda: (s := runs.status(run_id, root))["scheduler"].get("reason") == "BeginTime" and s, 60,
-                 "the requeued job to wait")
+    s = wait_for(lambda: ((s := runs.status(run_id, root)).get("scheduler") or {}).get("reason") == "BeginTime"
+                 and s, 60, "the requeued job to wait")
     assert s["state"] == "queued" and s["requeued_at"] and s["scheduler"]["state"] == "pending"
     subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=cluster.env, check=True,
                    capture_output=True, timeout=30)  # rather than wait out the delay
@@ -283,7 +285,7 @@ def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
     assert final["state"] == "completed", runs.logs(run_id, root, tail=80)
     log = runs.logs(run_id, root, tail=3000)
     assert f"prefpilot: job {jid} on n[1-2]" in log and "restart 1" in log and "resuming from checkpoint-" in log
-    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 61))
+    assert [row["step"] for row in rundir.read_metrics(root / run_id)] == list(range(1, 201))
     assert [j["job_id"] for j in slurm.read(root / run_id)["jobs"]] == [jid]  # the same job, not a resume
 
 

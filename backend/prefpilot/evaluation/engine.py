@@ -127,8 +127,8 @@ def _packing_key(model) -> str:
 
 def packing_ok(model, pad_id: int) -> bool:
     """Whether this kind of model scores packed pairs as it scores them one by one. Packing needs a causal LM
-    that takes a 4D attention mask and position ids as given (transformers' Llama, Mistral, Qwen and Gemma
-    families do). Rather than trust a list, each kind (class, model type, attention implementation, transformers
+    that takes a 4D attention mask and position ids as given (transformers' Llama, Mistral, Qwen2 and GPT-2 pass
+    the check here; others are checked where they first run). Rather than trust a list, each kind (class, model type, attention implementation, transformers
     and torch versions) is checked once on two short made-up pairs against the plain path; the answer is kept in
     prefpilot's cache folder, and a kind that fails or raises is scored the plain way."""
     key = _packing_key(model)
