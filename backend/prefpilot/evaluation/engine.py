@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from .. import rundir
 from .metrics import compare_generations, generation_summary
 
 
@@ -162,9 +162,7 @@ def packing_ok(model, pad_id: int) -> bool:
     try:
         known[key] = ok
         store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
-        os.replace(tmp, store)
+        rundir.write_json_atomic(store, known)
     except OSError:
         pass  # a read-only cache: checked again next time
     return ok
