@@ -339,3 +339,27 @@ def test_many_epochs_at_low_accuracy_are_no_learning_even_with_a_creeping_loss_o
     # the same rows learning: margins of several nats are not flat, whatever the loss column does
     learning = [dict(r, **{"rewards/margins": 0.05 * r["step"], "rewards/accuracies": 0.6}) for r in summed]
     assert "no_learning" not in ids(diagnose(learning, method="dpo"))
+
+
+def test_a_loss_only_dpo_log_that_sits_at_zero_is_memorised_pairs():
+    # a notebook table with only the loss: sigmoid DPO at 0.000000 for most of 28 epochs over 100 pairs
+    rows = [{"step": i, "loss": max(0.6931 - 0.03 * i, 0.0)} for i in range(1, 61)]
+    f = {f["id"]: f for f in diagnose(rows, config={"method": "dpo", "beta": 0.1})["findings"]}
+    assert f["margin_explosion"]["severity"] == "warning" and "not logged" in f["margin_explosion"]["evidence"]["accuracy"]
+    # IPO's loss is a squared distance to a target margin: a small value says nothing about the ranking
+    ipo = diagnose(rows, config={"method": "dpo", "beta": 0.1, "loss_type": ["ipo"]})
+    assert "margin_explosion" not in ids(ipo)
+    # a loss that levels off well above zero is not saturated
+    level = [dict(r, loss=max(r["loss"], 0.3)) for r in rows]
+    assert "margin_explosion" not in ids(diagnose(level, config={"method": "dpo", "beta": 0.1}))
+
+
+def test_collapsing_log_probs_report_both_degeneration_and_the_displacement_behind_it():
+    rows = []
+    for i in range(1, 41):
+        c, r = -100 - 30 * i, -104 - 31 * i
+        rows.append({"step": i, "loss": 0.4, "rewards/accuracies": 0.5, "logps/chosen": c, "logps/rejected": r,
+                     "rewards/chosen": 0.2 * (c + 100), "rewards/rejected": 0.2 * (r + 100),
+                     "rewards/margins": 0.2 * (c - r) + 0.1 * i})
+    found = ids(diagnose(rows, config={"method": "dpo", "beta": 0.2}))
+    assert {"degeneration", "likelihood_displacement"} <= set(found)

@@ -322,6 +322,13 @@ def _levelled(marg: list[float], ctx: Ctx, t: dict) -> bool:
     return half > 0 and mean(marg[-k:]) < t["growth_since_half"] * half
 
 
+def _sigmoid_loss(ctx: Ctx) -> bool:
+    """The run's DPO loss is TRL's default sigmoid one (no config or code names another)."""
+    named = ctx.cfg.get("loss_type") or ctx.hist.info.get("hints", {}).get("loss_type")
+    named = named if isinstance(named, (list, tuple, set)) else [named] if named else []
+    return all(n == "sigmoid" for n in named)
+
+
 def margin_explosion(ctx: Ctx):
     t = ctx.th("margin_explosion")
     steps, marg = ctx.finite("rewards/margins")
@@ -352,6 +359,11 @@ def margin_explosion(ctx: Ctx):
             first_step = r["step"]
     ps, loss = ctx.post("loss")
     _, pacc = ctx.post("rewards/accuracies")
+    implied = not pacc and ctx.method == "dpo" and _sigmoid_loss(ctx)
+    if implied:
+        # no accuracy logged: a misranked pair costs sigmoid DPO at least ln 2, so a batch loss below
+        # saturated_loss already means ≥ 1 - saturated_loss/ln 2 (93%) of its pairs are ranked right
+        pacc = [1.0] * len(loss)
     if len(loss) >= t["min_points"] and len(pacc) == len(loss) and min(loss) < t["saturated_loss"]:
         sat = [s for s, lv, a in zip(ps, loss, pacc) if lv < t["saturated_loss"] and a >= t["saturated_accuracy"]]
         if len(sat) >= t["saturated_share"] * len(loss):
@@ -367,6 +379,11 @@ def margin_explosion(ctx: Ctx):
                            f"{len(sat)} of {len(loss)} points within the first epoch, with the margin levelled off: "
                            "pairs the model had not seen yet are ranked right, so the preference is easy for it; "
                            "check its generations (`prefpilot eval`) for over-optimisation")
+            elif implied:
+                ev["accuracy"] = "not logged (implied by the sigmoid loss)"
+                why.append(f"the loss is below {t['saturated_loss']:g} at {len(sat)} of {len(loss)} points past "
+                           f"warm-up (no accuracy is logged; a sigmoid DPO loss that low means nearly every pair "
+                           f"is ranked right by a wide margin): the training pairs are memorised")
             else:
                 why.append(f"the loss is below {t['saturated_loss']:g} with accuracy ≥ {t['saturated_accuracy']:g} at "
                            f"{len(sat)} of {len(loss)} points past warm-up: the training pairs are memorised")
@@ -421,8 +438,6 @@ def margin_explosion(ctx: Ctx):
 
 
 def likelihood_displacement(ctx: Ctx):
-    if "degeneration" in ctx.found:
-        return None  # the stronger form of the same thing
     t = ctx.th("likelihood_displacement")
     beta, _ = ctx.beta
     rc, rr = _edges(ctx, "rewards/chosen"), _edges(ctx, "rewards/rejected")
