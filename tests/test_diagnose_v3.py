@@ -363,3 +363,22 @@ def test_collapsing_log_probs_report_both_degeneration_and_the_displacement_behi
                      "rewards/margins": 0.2 * (c - r) + 0.1 * i})
     found = ids(diagnose(rows, config={"method": "dpo", "beta": 0.2}))
     assert {"degeneration", "likelihood_displacement"} <= set(found)
+
+
+def _rich_table(step: int, loss: float, acc: float) -> str:
+    rows = [("accuracy", acc), ("chosen_reward", 0.05 * step), ("dpo_loss", loss), ("margin", 0.01 * step),
+            ("num_tokens", 112638), ("rejected_reward", -0.02 * step)]
+    body = "\n".join(f"│ {k:<15} │ {v:<9} │" for k, v in rows)
+    return (f"               Step {step}\n┏━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━┓\n┃ Metric          ┃ Value     ┃\n"
+            f"┡━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━┩\n{body}\n└─────────────────┴───────────┘\n")
+
+
+def test_rich_key_value_tables_one_per_step_are_the_run():
+    # tinker-cookbook prints each step's metrics as a Rich box table under "Step N"
+    text = "training...\n" + "".join(_rich_table(s, 0.69 - 0.01 * s, 0.5 + 0.02 * s) for s in (10, 20, 30))
+    h = load_history(text)
+    assert [r["step"] for r in h.train] == [10, 20, 30]
+    assert h.train[1]["loss"] == pytest.approx(0.49) and h.train[2]["rewards/margins"] == pytest.approx(0.3)
+    r = diagnose(text)
+    assert r["method"] == "dpo" and "dpo_loss" in r["method_source"]
+    assert r["parsed"]["format"].startswith("key/value box tables")

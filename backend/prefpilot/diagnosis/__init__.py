@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from .parse import History, load_history
 from .rules import CATALOGUE, Ctx, num
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# a loss logged under the method's own name
+_NAMED_LOSS = re.compile(r"(?:train[/_])?(dpo|orpo|kto|simpo|cpo)[_ ]loss")
 
 
 @lru_cache(maxsize=1)
@@ -112,6 +117,12 @@ def detect_method(hist: History, config: dict | None, method: str | None) -> tup
         if m == "cpo" and code_loss == "simpo":
             return "simpo", f"{where} (CPOTrainer with loss_type='simpo')"
         return m, f"{where} ({m.upper()}Trainer/{m.upper()}Config)"
+    # a loss logged under the method's own name (tinker-cookbook's dpo_loss, custom loops' orpo_loss)
+    named = {m.group(1): raw for raw in info.get("aliases", {})
+             for m in [_NAMED_LOSS.fullmatch(str(raw).strip().lower())] if m}
+    if len(named) == 1:
+        (m, raw), = named.items()
+        return m, f"the logged key {raw!r} names it"
     ratio = _ratio_test(hist)
     if ratio and ratio[0] == "free":
         info["beta_from_log"] = ratio[1]

@@ -449,6 +449,39 @@ def _join_wrapped(lines: list[str]) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------------------- Rich key/value tables
+# tinker-cookbook (and other loggers built on Rich) print each step's metrics as a two-column box table under a
+# "Step N" title: "│ dpo_loss │ 0.683825 │". Each table is one row; a console log of them is the run.
+_BOX_ROW = re.compile(rf"^\s*[│┃]\s*([A-Za-z_][\w/.:\- ]*?)\s*[│┃]\s*({_NUMTXT}|nan|-?inf)\s*[│┃]\s*$", re.I)
+_BOX_STEP = re.compile(r"^\s*(?:step|iter(?:ation)?)\s+(\d+)\b", re.I)
+
+
+def box_tables(lines: list[str], where: str) -> Block:
+    """Two-column box-drawn tables of name/value lines, one row each, stepped by the "Step N" title above."""
+    rows, row, step, title_at = [], {}, None, -10
+    for i, ln in enumerate(lines):
+        m = _BOX_ROW.match(ln)
+        if m:
+            row[m.group(1).strip()] = m.group(2)
+            continue
+        if row and not ln.strip().startswith(("│", "┃", "┡", "├", "╞", "┣", "└", "╰", "┗", "┏", "┌", "╭")):
+            if _has_metric(row):
+                if step is not None and "step" not in row:
+                    row["step"] = step
+                rows.append(row)
+            row, step = {}, None
+        t = _BOX_STEP.match(ln)
+        if t:
+            step, title_at = step_number(t.group(1)), i
+        elif step is not None and not row and i - title_at > 3:
+            step = None  # a "Step N" title sits right above its table
+    if row and _has_metric(row):
+        if step is not None and "step" not in row:
+            row["step"] = step
+        rows.append(row)
+    return Block("key/value box tables (Rich)", f"{where}box tables", rows)
+
+
 # ----------------------------------------------------------------------------- a model card's results list
 # "- Loss: 0.24" in the card's Markdown; "• Loss: 0.24" where the card was copied from the rendered page
 _CARD_ITEM = re.compile(rf"^\s*[-*•·]\s*([A-Za-z][\w/ .()-]*?)\s*:\s*({_NUMTXT}|nan|inf)\s*$", re.I)
@@ -537,6 +570,8 @@ def text_blocks(text: str, where: str = "", hints: dict | None = None, source: s
         blocks += html_tables(text, where)
     if has_steps:
         blocks += text_tables(lines, where)
+    if "│" in text or "┃" in text:
+        blocks.append(box_tables(lines, where))
     console, summary = console_block(lines, where)
     blocks += [console, summary]
     card, hp = card_lists(lines, where)
