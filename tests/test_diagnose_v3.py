@@ -382,3 +382,18 @@ def test_rich_key_value_tables_one_per_step_are_the_run():
     r = diagnose(text)
     assert r["method"] == "dpo" and "dpo_loss" in r["method_source"]
     assert r["parsed"]["format"].startswith("key/value box tables")
+
+
+def test_per_step_bullet_lists_under_step_headers_are_train_and_eval_rows():
+    # NeMo-RL's console: a "Step N/M" header, then "Training Results" and "Validation Results" bullet lists
+    def step(n, loss, acc):
+        return (f"========================= Step {n}/3 =========================\n▶ Taking a training step...\n\n"
+                f"📊 Validation Results for `default` set:\n    • Validation loss: {loss + 0.01}\n"
+                f"    • Validation accuracy: {acc}\n\n  ⏱️  Validation Timing for `default` set:\n"
+                f"    • Total validation time: 3.17s\n\n📊 Training Results:\n  • loss: {loss}\n"
+                f"  • preference_loss: {loss}\n  • accuracy: {acc}\n  • rewards_chosen_mean: {0.1 * n}\n"
+                f"  • rewards_rejected_mean: {-0.1 * n}\n  • Training FLOPS: 1.11 TFLOPS\n")
+    h = load_history("".join(step(n, 0.69 - 0.05 * n, 0.5 + 0.1 * n) for n in (1, 2, 3)))
+    assert [r["step"] for r in h.train] == [1, 2, 3] and [r["step"] for r in h.eval] == [1, 2, 3]
+    assert h.train[2]["rewards/rejected"] == pytest.approx(-0.3) and h.eval[1]["loss"] == pytest.approx(0.60)
+    assert h.info["format"] == "per-step bullet lists"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefpilot.evaluation.metrics import accuracy, generation_summary, has_loop, preference_summary
+from prefpilot.evaluation.metrics import accuracy, accuracy_se, generation_summary, has_loop, preference_summary
 from prefpilot.train.data import holdout_split, read_rows
 from prefpilot.data import builtin_files
 from test_mcp import call, session, text
@@ -41,6 +41,12 @@ def test_summaries_from_numbers():
     g = generation_summary([{"tokens": [1] * 48, "eos": False, "text": "a" * 48},
                             {"tokens": [], "eos": True, "text": ""}], max_new_tokens=48)
     assert g["cap_without_eos_rate"] == 0.5 and g["empty_rate"] == 0.5 and g["repetition_rate"] == 0.5
+
+
+def test_accuracy_error_shrinks_with_pairs_and_is_never_zero():
+    assert accuracy_se(0.5, 20) == pytest.approx(0.102, abs=1e-3)
+    assert accuracy_se(0.5, 80) == pytest.approx(accuracy_se(0.5, 20) / 2, rel=0.1)
+    assert 0.03 < accuracy_se(1.0, 20) < accuracy_se(0.5, 20)  # 20 of 20 is not certainty
 
 
 def test_holdout_is_deterministic_and_never_the_whole_set():
@@ -108,6 +114,8 @@ def test_eval_cli_reports_what_an_independent_computation_gives(tiny_run):
     assert set(rep["generation"]) >= {"length_ratio", "cap_without_eos_rate", "repetition_rate", "empty_rate",
                                       "kl_per_token"}
     assert rep["pairs"] == 12 and "set aside at launch" in rep["pairs_source"]
+    assert rep["preference_accuracy_se"]["summed"] == pytest.approx(
+        accuracy_se(rep["preference_accuracy"]["summed"], 12), abs=1e-4)
     assert [c["name"] for c in rep["checkpoints"]] == ["checkpoint-4", "final"]  # checkpoint-8 is the final model
     assert rep["best_checkpoint"]["name"] in ("checkpoint-4", "final") and rep["best_checkpoint"]["reason"]
     assert json.loads((run_dir / "status.json").read_text())["best_checkpoint"] == rep["best_checkpoint"]
@@ -168,6 +176,7 @@ def test_evaluate_run_over_mcp_returns_the_same_report(tiny_run):
         assert rep["state"] == "completed" and rep["pairs"] == 12 and rep["prompts"] == 2
         on_disk = json.loads((run_dir / "eval" / "report.json").read_text())
         assert rep["preference_accuracy"] == on_disk["preference_accuracy"]
+        assert rep["preference_accuracy_se"] == on_disk["preference_accuracy_se"]
         again = call(portal, client, "evaluate_run", {"run_id": RUN_ID, "prompts": 2}).structured_content
         assert again["note"].startswith("the evaluation of the current model")  # not evaluated twice
         bad = call(portal, client, "evaluate_run", {"run_id": RUN_ID, "pairs": "../outside.jsonl"})

@@ -57,6 +57,35 @@ def test_packed_scores_equal_the_plain_ones(llama, max_length, monkeypatch):
         assert max(n for k in ("chosen_len", "rejected_len") for n in packed[k]) <= 11
 
 
+@pytest.mark.parametrize("packed", [True, False])
+def test_scoring_gives_each_whole_prompts_greedy_first_token(llama, packed):
+    ps = pairs(12, llama.config.vocab_size, seed=3)
+    ps.append({"prompt_ids": list(range(4, 60)), "chosen_ids": [9], "rejected_ids": [11]})  # cut at max_length 40
+    got = engine.pair_logps(llama, ps, 0, 40, packed=packed)["first"]
+    with torch.no_grad():
+        want = [int(llama(input_ids=torch.tensor([p["prompt_ids"]])).logits[0, -1].argmax()) for p in ps[:-1]]
+    assert got[:-1] == want and got[-1] is None  # a cut prompt's next token is not the scored one's
+
+
+def test_generation_skips_prompts_whose_first_token_is_eos(llama):
+    class Tok:  # the ids-level tokenizer generate needs
+        eos_token_id, pad_token_id = 2, 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+    prompts = [p["prompt_ids"] for p in pairs(5, llama.config.vocab_size, seed=4)][:5]
+    plain = engine.generate(llama, Tok(), prompts, 6)
+    calls = []
+    real = llama.generate
+    llama.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or real(**kw)
+    try:
+        skipped = engine.generate(llama, Tok(), prompts, 6, first=[2, None, 2, 7])
+    finally:
+        del llama.generate
+    assert skipped[0] == skipped[2] == {"tokens": [], "eos": True, "text": ""}
+    assert [skipped[i] for i in (1, 3, 4)] == [plain[i] for i in (1, 3, 4)] and calls == [3]
+
+
 def test_rows_are_filled_evenly_and_hold_every_pair_once(llama, monkeypatch):
     ps = pairs(40, llama.config.vocab_size, seed=3)
     rows = engine._packed_rows(ps, None)
@@ -109,8 +138,9 @@ def test_default_held_out_size_follows_the_pairs_trained_on(tmp_path):
         d.mkdir()
         (d / "status.json").write_text(json.dumps({"step": step, **cfg.pop("status", {})}))
         return default_max_pairs(d, cfg)
-    assert run(20, per_device_train_batch_size=4) == 20          # the demo: 80 pairs seen
+    assert run(20, per_device_train_batch_size=4) == 16          # the demo: 80 pairs seen
+    assert run(30, per_device_train_batch_size=4) == 24          # a fifth
     assert run(2, per_device_train_batch_size=4) == 16            # never fewer than 16
     assert run(5000, per_device_train_batch_size=8) == 64         # a real run: 64
-    assert run(10, per_device_train_batch_size=2, gradient_accumulation_steps=4, status={"world_size": 2}) == 40
+    assert run(10, per_device_train_batch_size=2, gradient_accumulation_steps=4, status={"world_size": 2}) == 32
     assert run(None) == 64                                         # unknown: 64

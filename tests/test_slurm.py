@@ -290,6 +290,32 @@ def test_a_requeued_job_continues_from_its_checkpoint(cluster, tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_job_requeued_after_its_run_completed_leaves_the_run_as_it_was(cluster, tiny, tmp_path):
+    """Slurm can run a batch job again after it finished (an admin's requeue, a node lost at its very end): the
+    restarted job (--resume) must not train again over the saved model, its metrics and its status."""
+    root = tmp_path / "runs"
+    run_id = runs.launch(config(tiny, max_steps=6), root, launch_options=SLURM_2)
+    jid = runs.status(run_id, root)["job_id"]
+    done = wait_for(lambda: (s := runs.status(run_id, root))["state"] in ("completed", "failed") and s, 240,
+                    "the run to finish")
+    assert done["state"] == "completed", runs.logs(run_id, root, tail=60)
+    wait_for(lambda: jid not in cluster.squeue(), 60, "the job to leave the queue")
+    d = root / run_id
+    weights = {f: f.stat().st_mtime_ns for f in (d / "final").iterdir()}
+    metrics = (d / "metrics.jsonl").read_bytes()
+    subprocess.run(["scontrol", "requeue", jid], env=cluster.env, check=True, capture_output=True, timeout=30)
+    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=cluster.env, check=True,
+                   capture_output=True, timeout=30)
+    wait_for(lambda: "already completed at step 6" in runs.logs(run_id, root, tail=200), 120,
+             "the requeued job to say the run is complete")
+    wait_for(lambda: jid not in cluster.squeue(), 60, "the requeued job to leave the queue")
+    after = runs.status(run_id, root)
+    assert after["state"] == "completed" and after["step"] == 6 and after["finished_at"] == done["finished_at"]
+    assert {f: f.stat().st_mtime_ns for f in (d / "final").iterdir()} == weights
+    assert (d / "metrics.jsonl").read_bytes() == metrics
+
+
+@pytest.mark.slow
 def test_a_stop_by_the_live_diagnosis_stops_every_node(cluster, tiny, tmp_path):
     """Only rank 0 diagnoses; the other node learns of the stop at the next step, so both save and leave the loop
     together instead of one waiting for ever in a collective."""

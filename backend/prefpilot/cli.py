@@ -401,8 +401,10 @@ def format_evaluation(r: dict) -> str:
     what = {"summed": "summed log-prob (DPO's ranking)", "per_token": "per-token log-prob (SimPO's reward)",
             "implicit": "implicit reward β·log π/π_ref (rewards/accuracies; 0.5 before: every pair ties)"}
     lines.append("  preference accuracy      reference → trained")
+    se = r.get("preference_accuracy_se") or {}
     for k, v in r["preference_accuracy"].items():
-        lines.append(f"    {k:10} {r['before'].get(k, float('nan')):.3f} → {v:.3f}   {what.get(k, '')}")
+        pm = f" ± {se[k]:.2f}" if isinstance(se.get(k), float) else ""  # reports written before it have none
+        lines.append(f"    {k:10} {r['before'].get(k, float('nan')):.3f} → {v:.3f}{pm}   {what.get(k, '')}")
     g = r.get("generation") or {}
     if g:
         ref = g.get("reference") or {}
@@ -736,8 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["dpo", "simpo"], default="dpo", help="the trainer (default dpo)")
     p.add_argument("--target", help="skills directory to sync into (default: a temp dir, removed at the end)")
     p.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 20 for DPO, 24 for SimPO)")
-    p.add_argument("--eval-pairs", type=POSITIVE_INT, help="held-out pairs to evaluate, of the 48 (default: prefpilot eval's default, a quarter of "
-                        "the pairs the demo trained on)")
+    p.add_argument("--eval-pairs", type=POSITIVE_INT, help="held-out pairs to evaluate, of the 48 (default: prefpilot eval's default, a "
+                        "fifth of the pairs the demo trained on)")
     p.add_argument("--runs-root", help="runs root (default $PREFPILOT_RUNS or ./runs)")
     p.add_argument("--detach", action="store_true",
                    help="start the run and return (it keeps training); follow it with `prefpilot runs status`")
@@ -787,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_ranged(int, 1, 4096, "a whole number"), default=48,
                    help="the generation cap (default 48)")
     p.add_argument("--max-pairs", type=_ranged(int, 1, 100000, "a whole number"), default=None,
-                   help="held-out pairs to score at most (default: a quarter of the pairs the run trained on, "
+                   help="held-out pairs to score at most (default: a fifth of the pairs the run trained on, "
                         "16 to 64)")
     p.add_argument("--engine", choices=["auto", "transformers", "vllm"], default="auto",
                    help="who generates the completions: auto (vLLM when installed and a GPU is visible, else "

@@ -175,8 +175,9 @@ def _run_demo(method, target, steps, eval_pairs, runs_root, out, detach, keep_mo
              ("per_token", "per-token log-prob: SimPO's reward")]
     if "implicit" in a:
         lines.append(("implicit", "DPO's reward β·log π/π_ref; 0.5 before: every pair ties"))
+    se = ev.get("preference_accuracy_se", {})
     for k, what in lines:
-        out(f"   {k:10} before {b[k]:.3f}  after {a[k]:.3f}   ({what})")
+        out(f"   {k:10} before {b[k]:.3f}  after {a[k]:.3f} ± {se.get(k, float('nan')):.2f}   ({what})")
     g = ev.get("generation") or {}
     if g:
         ratio = g["length_ratio"] if g["length_ratio"] is not None else "n/a (the reference's answers are empty)"

@@ -207,6 +207,7 @@ class Evaluation(TypedDict, total=False):
     prompts: int
     max_new_tokens: int
     preference_accuracy: dict[str, float]             # summed, per_token, implicit (DPO family)
+    preference_accuracy_se: dict[str, float]          # each accuracy's sampling error (±, Agresti-Coull)
     before: dict[str, float]                          # the same for the reference model
     margins: dict[str, Any]
     generation: dict[str, Any]                        # length_ratio, cap_without_eos_rate, repetition_rate, ...

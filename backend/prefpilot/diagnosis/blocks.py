@@ -482,6 +482,42 @@ def box_tables(lines: list[str], where: str) -> Block:
     return Block("key/value box tables (Rich)", f"{where}box tables", rows)
 
 
+# ----------------------------------------------------------------------------- per-step bullet lists
+# NeMo-RL prints each step as "===== Step 2/10 =====" followed by "📊 Training Results:" and
+# "📊 Validation Results" blocks of "• name: value" lines: one row per list, stepped by the header above it.
+_STEP_HEADER = re.compile(r"^[\s=#*\-─━]*(?:step|iter(?:ation)?)\s+(\d+)(?:\s*/\s*\d+)?[\s=#*\-─━]*$", re.I)
+_BULLET = re.compile(rf"^\s*[•·]\s*([A-Za-z][\w/ .()\-]*?)\s*:\s*({_NUMTXT}|nan|-?inf)\s*$", re.I)
+_EVAL_HEAD = re.compile(r"\b(?:validation|evaluation|eval)\b", re.I)
+
+
+def stepped_lists(lines: list[str], where: str) -> Block:
+    """Bullet lists of ``• name: value`` under a "Step N" header line, one row per list; a list whose heading
+    (the last non-blank line before it) says validation or eval is the eval split's."""
+    rows, row, step, evals, head = [], {}, None, False, ""
+
+    def flush():
+        if row and step is not None and _has_metric(row):
+            out = {(f"eval_{k}" if evals and not _EVAL_WORDS.match(k) else k): v for k, v in row.items()}
+            out["step"] = step
+            rows.append(out)
+    for ln in lines:
+        m = _BULLET.match(ln)
+        if m:
+            if not row:
+                evals = bool(_EVAL_HEAD.search(head))
+            row[m.group(1).strip()] = m.group(2)
+            continue
+        flush()
+        row = {}
+        s = _STEP_HEADER.match(ln)
+        if s:
+            step = step_number(s.group(1))
+        if ln.strip():
+            head = ln
+    flush()
+    return Block("per-step bullet lists", f"{where}step lists", rows)
+
+
 # ----------------------------------------------------------------------------- a model card's results list
 # "- Loss: 0.24" in the card's Markdown; "• Loss: 0.24" where the card was copied from the rendered page
 _CARD_ITEM = re.compile(rf"^\s*[-*•·]\s*([A-Za-z][\w/ .()-]*?)\s*:\s*({_NUMTXT}|nan|inf)\s*$", re.I)
@@ -572,6 +608,8 @@ def text_blocks(text: str, where: str = "", hints: dict | None = None, source: s
         blocks += text_tables(lines, where)
     if "│" in text or "┃" in text:
         blocks.append(box_tables(lines, where))
+    if "•" in text or "·" in text:
+        blocks.append(stepped_lists(lines, where))
     console, summary = console_block(lines, where)
     blocks += [console, summary]
     card, hp = card_lists(lines, where)

@@ -47,10 +47,10 @@ _ALIASES = {
                            "pref_accuracy", "pref_acc", "acc_mean", "reward_acc", "rewards/acc", "accuracies"],
     # SPIN (self-play; TRL-derived DPO loss) names the pair real (the data's answer) and generated (the model's)
     "rewards/chosen": ["chosen_reward", "chosen_rewards", "reward_chosen", "rewards_chosen", "reward/chosen",
-                       "rewards/real"],
+                       "rewards/real", "rewards_chosen_mean"],
     "rewards/rejected": ["rejected_reward", "rejected_rewards", "reward_rejected", "rewards_rejected",
                          "reward/rejected", "reject_reward", "reject_rewards", "rewards/reject",
-                         "rewards/generated"],
+                         "rewards/generated", "rewards_rejected_mean"],
     "logps/chosen": ["policy_chosen_logps", "policy_chosen_logprobs", "policy_chosen_logp", "chosen_logps",
                      "chosen_logprobs", "chosen_logp", "logps_chosen", "logprobs/chosen", "logprobs_chosen",
                      "logp/chosen", "policy_logps/chosen", "logps/real"],

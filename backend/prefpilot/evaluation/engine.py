@@ -62,9 +62,11 @@ def _batches(order: list[int], seqs, max_length, batch_size: int, vocab: int):
 
 @torch.no_grad()
 def sequence_logps(model, seqs: list[tuple[list[int], list[int]]], pad_id: int, max_length: int | None,
-                   batch_size: int = 32) -> tuple[list[float], list[int], list[list[float]]]:
+                   batch_size: int = 32, first_tokens: list | None = None
+                   ) -> tuple[list[float], list[int], list[list[float]]]:
     """Summed completion log-prob, completion length and per-token log-probs of (prompt, completion) pairs,
-    truncated to ``max_length`` from the end as TRL's collator does (keep_start).
+    truncated to ``max_length`` from the end as TRL's collator does (keep_start). ``first_tokens``, when a list
+    is given, receives per sequence the greedy next token after the whole prompt (None where it was cut).
 
     Sequences are batched by length (less padding) within a logits budget, and the LM head runs only from the
     earliest completion token of a batch on (`logits_to_keep`): on short completions after long prompts that is
@@ -87,11 +89,13 @@ def sequence_logps(model, seqs: list[tuple[list[int], list[int]]], pad_id: int, 
         logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits[:, :-1].float()
         # log-softmax at the target token only: one logsumexp instead of a second vocabulary-sized tensor
         lp = logits.gather(-1, ids[:, first:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-        del logits
         for j, (p, full) in enumerate(chunk):
             toks = lp[j, len(p) - first:len(full) - first].tolist() if len(full) > len(p) else []
             i = idx[j]
             per_token[i], sums[i], lens[i] = toks, float(sum(toks)), len(toks)
+            if first_tokens is not None and len(full) > len(p) >= first:
+                first_tokens[i] = int(logits[j, len(p) - first].argmax())
+        del logits
     return sums, lens, per_token
 
 
@@ -107,8 +111,10 @@ def pair_logps(model, pairs: list[dict], pad_id: int, max_length: int | None, pa
     if packed:
         return packed_pair_logps(model, pairs, max_length)
     seqs = [(p["prompt_ids"], p[k]) for p in pairs for k in ("chosen_ids", "rejected_ids")]
-    sums, lens, _ = sequence_logps(model, seqs, pad_id, max_length)
-    return {"chosen": sums[0::2], "rejected": sums[1::2], "chosen_len": lens[0::2], "rejected_len": lens[1::2]}
+    firsts = [None] * len(seqs)
+    sums, lens, _ = sequence_logps(model, seqs, pad_id, max_length, first_tokens=firsts)
+    return {"chosen": sums[0::2], "rejected": sums[1::2], "chosen_len": lens[0::2], "rejected_len": lens[1::2],
+            "first": [a if a is not None else b for a, b in zip(firsts[0::2], firsts[1::2])]}
 
 
 PACKING_VERSION = 1  # bump when packed_pair_logps changes: answers kept for an older version are not reused
@@ -199,7 +205,8 @@ def packed_pair_logps(model, pairs: list[dict], max_length: int | None) -> dict:
     scored exactly as after its prompt alone. Rows go through the model in batches whose logits fit LOGIT_BUDGET;
     the LM head runs only at the positions that predict an answer token."""
     n = len(pairs)
-    out = {"chosen": [0.0] * n, "rejected": [0.0] * n, "chosen_len": [0] * n, "rejected_len": [0] * n}
+    out = {"chosen": [0.0] * n, "rejected": [0.0] * n, "chosen_len": [0] * n, "rejected_len": [0] * n,
+           "first": [None] * n}
     vocab = int(getattr(model.config, "vocab_size", 0) or 1)
     dtype = next(model.parameters()).dtype
     rows = _packed_rows(pairs, max_length)
@@ -207,8 +214,8 @@ def packed_pair_logps(model, pairs: list[dict], max_length: int | None) -> dict:
 
     def run(batch):
         layout = []  # per row: [(pair, key, predictor positions, target positions)]
-        ids_rows, pos_rows, spans = [], [], []
-        for row in batch:
+        ids_rows, pos_rows, spans, firsts = [], [], [], []
+        for j_row, row in enumerate(batch):
             ids, pos, segs, items = [], [], [], []
             for i in row:
                 p = pairs[i]["prompt_ids"]
@@ -224,6 +231,8 @@ def packed_pair_logps(model, pairs: list[dict], max_length: int | None) -> dict:
                 r_at = list(range(s + len(p) + len(c), s + len(p) + len(c) + len(r)))
                 items.append((i, "chosen", [last_p] + c_at[:-1] if c_at else [], c_at))
                 items.append((i, "rejected", [last_p] + r_at[:-1] if r_at else [], r_at))
+                if (c_at or r_at) and len(p) == len(pairs[i]["prompt_ids"]):  # the whole prompt: its next token
+                    firsts.append((i, j_row, last_p))
             ids_rows.append(ids)
             pos_rows.append(pos)
             spans.append(segs)
@@ -253,6 +262,10 @@ def packed_pair_logps(model, pairs: list[dict], max_length: int | None) -> dict:
         flat = keep.reshape(-1).nonzero().squeeze(-1).tolist()
         where = {f: k for k, f in enumerate(flat)}
         lse = torch.logsumexp(logits, -1)
+        if firsts:  # greedy next token after each whole prompt: generation can skip a prompt answered by EOS
+            top = logits[torch.tensor([where[j * width + lp] for _, j, lp in firsts])].argmax(-1).tolist()
+            for (i, _, _), t in zip(firsts, top):
+                out["first"][i] = int(t)
         # the last prompt position predicts both answers' first tokens: index (position, target) pairs, not positions
         at_pos, tgt, owner = [], [], []
         for j, items in enumerate(layout):
@@ -285,10 +298,21 @@ def packed_pair_logps(model, pairs: list[dict], max_length: int | None) -> dict:
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8) -> list[dict]:
-    """Greedy completions, left-padded in batches: token ids (EOS and after cut), whether EOS came, text."""
+def generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8,
+             first: list | None = None) -> list[dict]:
+    """Greedy completions, left-padded in batches: token ids (EOS and after cut), whether EOS came, text.
+
+    ``first``: the greedy first token of each prompt where already known (the scoring pass computed the logits
+    after every held-out prompt): a prompt whose first token is EOS has the empty completion without a forward
+    pass of its own."""
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    known = {i: {"tokens": [], "eos": True, "text": ""} for i, t in enumerate((first or [])[:len(prompts)])
+             if eos is not None and t == eos}
+    if known:
+        todo = [i for i in range(len(prompts)) if i not in known]
+        rest = dict(zip(todo, generate(model, tok, [prompts[i] for i in todo], max_new_tokens, batch_size)))
+        return [known[i] if i in known else rest[i] for i in range(len(prompts))]
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]

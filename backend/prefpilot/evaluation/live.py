@@ -157,8 +157,8 @@ class LiveEval(TrainerCallback):
         try:
             pad = self.tok.pad_token_id
             logps = engine.pair_logps(model, self.pairs, pad, self.max_length)
-            samples = (engine.generate(model, self.tok, self.prompt_ids, self.s["max_new_tokens"])
-                       if self.prompt_ids else [])
+            samples = (engine.generate(model, self.tok, self.prompt_ids, self.s["max_new_tokens"],
+                                       first=logps.get("first")) if self.prompt_ids else [])
         finally:
             model.train(was_training)
         return {"logps": logps, "samples": samples}

@@ -25,6 +25,16 @@ def accuracy(pairs) -> float:
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / max(1, len(pairs))
 
 
+def accuracy_se(acc: float, n: int) -> float:
+    """Sampling error of a held-out accuracy over ``n`` pairs: the binomial standard error with two successes and
+    two failures added (Agresti & Coull 1998), so that 20 of 20 right is not reported as exact. At 20 pairs an
+    accuracy near 0.5 is ±0.10: a gap smaller than two of these between checkpoints is noise."""
+    if n <= 0:
+        return float("nan")
+    p = (acc * n + 2) / (n + 4)
+    return math.sqrt(p * (1 - p) / (n + 4))
+
+
 def preference_summary(policy: dict, reference: dict | None, beta: float | None) -> dict:
     """Accuracies and margins from per-pair log-prob sums and lengths.
 

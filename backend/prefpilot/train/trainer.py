@@ -157,6 +157,15 @@ def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_ro
     """Validate, check data, load the model, train, save. Returns the final status dict."""
     run_dir = Path(run_dir)
     main = _is_main()
+    done = rundir.read_status(run_dir) if resume else {}
+    if done.get("state") == "completed" and any((run_dir / "final" / f).is_file()
+                                                for f in ("config.json", "adapter_config.json")):
+        # Slurm re-runs a batch job that is requeued after it finished (a node failure at its end, an admin's
+        # requeue): training again would overwrite the saved model and its evaluation, so it only says so
+        if main:
+            print(f"prefpilot: {run_dir.name} already completed at step {done.get('step')}; nothing to resume "
+                  "(a job requeued after the run finished)", file=sys.stderr, flush=True)
+        return done
     if not resume and ((run_dir / "metrics.jsonl").exists() or rundir.last_checkpoint(run_dir) is not None):
         raise PrefpilotError(f"{run_dir} already holds a run's metrics or checkpoints: pass --resume to continue it, "
                              "or choose another --run-dir (training on would mix two runs' steps)",
