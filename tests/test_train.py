@@ -244,3 +244,15 @@ def test_rows_with_the_wrong_columns_fail_validate_and_never_start(tmp_path):
     from prefpilot.train.data import check_rows
     with pytest.raises(PrefpilotError, match="nothing to train on"):
         check_rows([{"question": "x"}], "rows", max_bad_rows=5)
+
+
+def test_resuming_a_completed_run_with_nothing_left_keeps_it_as_it_was(tiny, tmp_path, capsys):
+    # what a Slurm job requeued after its run finished does (--resume on restart): nothing may be trained over
+    cfg = {"model_name_or_path": str(tiny), "dataset_path": "builtin:arith-prefs", "max_steps": 3,
+           "per_device_train_batch_size": 1, "learning_rate": 5e-3, "max_length": 64, "save_strategy": "no", "seed": 0}
+    done = train(cfg, tmp_path / "r", progress=False)
+    weights = {f: f.stat().st_mtime_ns for f in (tmp_path / "r" / "final").iterdir()}
+    again = train(cfg, tmp_path / "r", resume=True, progress=False)
+    assert again == done and "already completed at step 3" in capsys.readouterr().err
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "r" / "final").iterdir()} == weights
+    assert len(rundir.read_metrics(tmp_path / "r")) == 3

@@ -152,14 +152,29 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _nothing_left(config: dict, run_dir: Path, done: dict) -> bool:
+    """A completed run with its final model, resumed with a config that asks for no more steps than it ran (a
+    larger max_steps or more epochs is a real continuation)."""
+    if not any((run_dir / "final" / f).is_file() for f in ("config.json", "adapter_config.json")):
+        return False
+    steps = config.get("max_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
+        return isinstance(done.get("step"), int) and done["step"] >= steps
+    from ..config.load import safe_yaml
+    try:
+        saved = safe_yaml((run_dir / "config.yaml").read_text(encoding="utf-8"), str(run_dir / "config.yaml"))
+    except (OSError, PrefpilotError):
+        return False
+    return isinstance(saved, dict) and config.get("num_train_epochs", 3) == saved.get("num_train_epochs", 3)
+
+
 def train(config: dict, run_dir: str | Path, *, resume: bool = False, max_bad_rows: int = 0,
           progress: bool | None = None, callbacks: list | None = None, log_file: bool = True) -> dict:
     """Validate, check data, load the model, train, save. Returns the final status dict."""
     run_dir = Path(run_dir)
     main = _is_main()
     done = rundir.read_status(run_dir) if resume else {}
-    if done.get("state") == "completed" and any((run_dir / "final" / f).is_file()
-                                                for f in ("config.json", "adapter_config.json")):
+    if done.get("state") == "completed" and _nothing_left(config, run_dir, done):
         # Slurm re-runs a batch job that is requeued after it finished (a node failure at its end, an admin's
         # requeue): training again would overwrite the saved model and its evaluation, so it only says so
         if main:
