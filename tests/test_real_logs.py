@@ -41,13 +41,14 @@ def test_real_log_label(label):
 
 
 # Measured once each, blind, after the rules were done (bench/real_logs.py --heldout): the fifth held-out batch (13
-# public logs, labelled on 2026-12-08 by sessions that never ran prefpilot on them) scored 11/13 (85%), the sixth (11)
-# 8/11 (73%). Misses that a reader change then fixed (tinker-cookbook's Rich tables, NeMo-RL's bullet lists) moved to
-# the tuned split with their files, so the 21 here are the part no change was aimed at: 19/21 passed blind (a KTO
-# notebook flat at 0.50 and a minimind excerpt read healthy). Earlier blind batches: fourth 8/10, third 36/41,
+# public logs, labelled on 2026-12-08 by sessions that never ran prefpilot on them) scored 11/13 (85%), the sixth (12)
+# 8/12 (67%). Misses that a reader change then fixed (tinker-cookbook's Rich tables, NeMo-RL's bullet lists) moved to
+# the tuned split with their files, so the 22 here are the part no change was aimed at: 19/22 passed blind (a KTO
+# notebook flat at 0.50 and a minimind excerpt read healthy; a KTO tutorial at lr 2e-4 labelled healthy gets
+# lr_out_of_range). Earlier blind batches: fourth 8/10, third 36/41,
 # second 30/38 (the README lists them). This guards the rate against regressions; raising it needs rules judged on
 # the tuned split and then a fresh batch, not fixes aimed here.
-HELDOUT_FLOOR = 19 / 21
+HELDOUT_FLOOR = 19 / 22
 
 
 def test_held_out_split_holds_at_its_reported_rate():
